@@ -1,0 +1,166 @@
+"""timm plumbing shared by the CIFAR model zoo.
+
+Every family (ResNet, WRN, VGG, ResNet50, MobileNetV2, ShuffleNetV1/V2) subclasses :class:`CifarNet`
+and only says how its stem, its stages and its pre-pool step run.  The base class turns that into
+timm's model API (``forward_features`` / ``forward_head`` / ``forward_intermediates`` /
+``reset_classifier`` / ``feature_info``), so the distillers never need a model-specific output
+contract (the mdistiller ``(logits, feats)`` pitfall).
+
+Module names are fixed by the community checkpoints (``cifar_state_dict_keys.txt``); global pooling
+is adaptive (equal to the reference's fixed ``AvgPool2d`` at 32x32, and still defined at 28x28).
+
+This file is also shipped inside every saved student (remote code), so it only imports torch/timm.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Callable, List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model
+from timm.models._features import feature_take_indices
+
+CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
+CIFAR100_STD = (0.2675, 0.2565, 0.2761)
+
+
+def cifar_cfg(classifier: str = "fc", **kwargs) -> dict:
+    """Pretrained cfg of a CIFAR-100 model: 32x32 input, CIFAR-100 mean/std, no crop."""
+    return {
+        "url": "",
+        "num_classes": 100,
+        "input_size": (3, 32, 32),
+        "pool_size": None,
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "mean": CIFAR100_MEAN,
+        "std": CIFAR100_STD,
+        "first_conv": "conv1",
+        "classifier": classifier,
+        **kwargs,
+    }
+
+
+def bn_no_update(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
+    """Apply ``bn`` as the network would, without touching its running statistics.
+
+    Used to expose a pre-activation map that the network normalises again later (WRN), so asking
+    for it in training mode does not update the running stats twice (an mdistiller quirk).
+    """
+    if bn.training:
+        return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
+    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+class CifarNet(nn.Module):
+    """Base of the CIFAR zoo. Subclasses build their layers, then call :meth:`_finish`.
+
+    Subclasses implement:
+      * ``forward_stem(x)``: the stem output (stage 0 of ``feature_info``),
+      * ``forward_stage(i, x, preact)``: stage ``i`` (1-based) -> ``(out, preact_or_None)``,
+      * ``forward_prepool(x)`` (optional): last stage output -> the map the classifier pools.
+    """
+
+    classifier_attr = "fc"
+    classifier_in_sequential = False  # MobileNetV2 keeps its Linear at ``classifier.0``
+
+    def _finish(self, num_classes: int, num_features: int, feature_info: List[dict], global_pool: str = "avg"):
+        self.num_classes = num_classes
+        self.num_features = self.head_hidden_size = num_features
+        self.feature_info = feature_info
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self._set_classifier(num_classes)
+
+    # -- head ---------------------------------------------------------------------------------
+    def _set_classifier(self, num_classes: int):
+        head = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        if self.classifier_in_sequential and num_classes > 0:
+            head = nn.Sequential(head)
+        setattr(self, self.classifier_attr, head)
+
+    def get_classifier(self) -> nn.Module:
+        return getattr(self, self.classifier_attr)
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None):
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self._set_classifier(num_classes)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = self.global_pool(x)
+        return x if pre_logits else self.get_classifier()(x)
+
+    # -- body ---------------------------------------------------------------------------------
+    @property
+    def num_stages(self) -> int:
+        return len(self.feature_info) - 1
+
+    def forward_prepool(self, x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_stem(x)
+        for i in range(1, self.num_stages + 1):
+            x, _ = self.forward_stage(i, x, False)
+        return self.forward_prepool(x)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = "NCHW",
+            intermediates_only: bool = False,
+            preact: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """timm's feature API over ``feature_info`` (stem + stages, post-activation as mdistiller's
+        ``feats``). ``preact=True`` returns the pre-activation maps instead (mdistiller's
+        ``preact_feats``: the map before the last ReLU of each stage), used by OFD/ReviewKD/AB."""
+        assert output_fmt == "NCHW", "CIFAR models only output NCHW feature maps"
+        take, max_index = feature_take_indices(len(self.feature_info), indices)
+        take = set(take)
+        intermediates = []
+        x = self.forward_stem(x)
+        if 0 in take:
+            intermediates.append(x)
+        last = max_index if (stop_early or intermediates_only) else self.num_stages
+        for i in range(1, last + 1):
+            x, pre = self.forward_stage(i, x, preact and i in take)
+            if i in take:
+                intermediates.append(pre if preact else x)
+        if intermediates_only:
+            return intermediates
+        return self.forward_prepool(x), intermediates
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def register_cifar_model(name: str, model_cls: type, cfg: dict, **model_kwargs) -> Callable:
+    """Register ``name`` in timm with its CIFAR-100 pretrained cfg.
+
+    Registered once: a saved student's remote code may import these files a second time.
+    """
+    module = sys.modules[model_cls.__module__]
+    if not hasattr(module, "default_cfgs"):
+        module.default_cfgs = {}
+    module.default_cfgs.update(generate_default_cfgs({name: cfg}))
+
+    def entrypoint(pretrained: bool = False, **kwargs):
+        return build_model_with_cfg(
+            model_cls, name, pretrained,
+            feature_cfg=dict(feature_cls="getter"),
+            **{**model_kwargs, **kwargs},
+        )
+
+    entrypoint.__name__ = entrypoint.__qualname__ = name
+    entrypoint.__module__ = model_cls.__module__
+    entrypoint.__doc__ = f"CIFAR {model_cls.__name__} ``{name}`` (mdistiller/RepDistiller layout)."
+    if not is_model(name):
+        register_model(entrypoint)
+    return entrypoint
