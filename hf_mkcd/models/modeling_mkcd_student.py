@@ -1,0 +1,335 @@
+"""The deployable student: timm backbone -> optional projector -> head, as a ``PreTrainedModel``.
+
+For MKCD/SimKD/SRRL the head is the teacher's classifier, copied and frozen (stored as buffers, so
+no optimizer, DDP or ``requires_grad`` toggle can ever train it); the student's logits are
+``teacher_fc(pool(projector(backbone(x))))`` at train *and* inference time. A plain student
+(``head="student"``, no projector) is just a timm classifier with the Hub API around it.
+
+Shipped inside every saved student (``save_pretrained`` copies this file and its relative imports),
+so a directory loads with ``trust_remote_code=True`` where hf_mkcd is not installed: only torch,
+timm and transformers are imported here.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from typing import Optional, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import SelectAdaptivePool2d
+from transformers import PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .cifar_zoo import CIFAR100_MEAN, CIFAR100_STD  # noqa: F401  (import registers the CIFAR zoo in timm)
+from .configuration_mkcd_student import MKCDStudentConfig
+from .projectors import build_projector
+
+
+def create_timm_model(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model`` with a clear error for unknown names (close matches listed)."""
+    if not timm.is_model(name):
+        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
+        hint = f" Close matches: {', '.join(close)}." if close else ""
+        raise ValueError(
+            f"Unknown timm architecture {name!r}.{hint} CIFAR models are named cifar_* and are registered by "
+            "`import hf_mkcd`; `timm.list_models('cifar_*')` lists them."
+        )
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
+
+
+def match_channels(pixel_values: torch.Tensor, num_channels: int) -> torch.Tensor:
+    """Grayscale <-> RGB: repeat a 1-channel batch for an RGB model, take the luma of an RGB batch
+    for a 1-channel model (both linear, so it commutes with a per-channel-equal normalisation)."""
+    c = pixel_values.shape[1]
+    if c == num_channels:
+        return pixel_values
+    if c == 1:
+        return pixel_values.expand(-1, num_channels, -1, -1)
+    if c == 3 and num_channels == 1:
+        w = pixel_values.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
+        return (pixel_values * w).sum(1, keepdim=True)
+    raise ValueError(f"model expects {num_channels}-channel images, got {c} channels")
+
+
+def teacher_linear_head(teacher: nn.Module) -> nn.Linear:
+    """The teacher's classifier as one ``nn.Linear`` (plain, or alone in a Sequential), else raise."""
+    head = teacher.get_classifier() if hasattr(teacher, "get_classifier") else None
+    if isinstance(head, nn.Sequential) and len(head) == 1:
+        head = head[0]
+    if isinstance(head, FrozenLinear):
+        return head
+    if not isinstance(head, nn.Linear):
+        raise ValueError(
+            f"the teacher's classifier is {type(head).__name__}, not a linear layer: its head cannot be reused. "
+            "Use head='student' (the student's own classifier) or a teacher whose head is global pool + linear."
+        )
+    return head
+
+
+def first_conv_in_channels(model: nn.Module, default: int = 3) -> int:
+    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    try:
+        return model.get_submodule(name).in_channels if name else default
+    except AttributeError:
+        return default
+
+
+class FrozenLinear(nn.Module):
+    """A linear layer whose weight and bias are buffers: frozen by construction, still saved and
+    loaded under ``<name>.weight`` / ``<name>.bias`` like ``nn.Linear``; gradients flow *through* it."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.register_buffer("weight", torch.zeros(out_features, in_features))
+        self.register_buffer("bias", torch.zeros(out_features))
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear) -> "FrozenLinear":
+        frozen = cls(linear.in_features, linear.out_features)
+        frozen.weight.copy_(linear.weight.detach())
+        frozen.bias.copy_(linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features))
+        return frozen
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, frozen"
+
+
+@dataclass
+class DistilledImageClassifierOutput(ModelOutput):
+    """Logits, plus (with ``output_features=True``) the backbone's pre-pool map and its projection."""
+
+    loss: Optional[torch.Tensor] = None
+    logits: Optional[torch.Tensor] = None
+    features: Optional[torch.Tensor] = None
+    projected_features: Optional[torch.Tensor] = None
+
+
+class MKCDStudentPreTrainedModel(PreTrainedModel):
+    config_class = MKCDStudentConfig
+    base_model_prefix = "mkcd_student"
+    main_input_name = "pixel_values"
+    input_modalities = ("image",)
+    accepts_loss_kwargs = False
+    supports_gradient_checkpointing = True
+    _no_split_modules = []
+
+    def _init_weights(self, module: nn.Module):
+        # Keep timm's own init for the backbone (transformers' default would overwrite it with
+        # N(0, 0.02)); only rebuild timm's non-persistent buffers, which from_pretrained leaves empty.
+        if getattr(module, "_is_timm_module", False):
+            if hasattr(module, "init_non_persistent_buffers"):
+                module.init_non_persistent_buffers()
+        elif hasattr(module, "reset_parameters") and not isinstance(module, FrozenLinear):
+            module.reset_parameters()
+
+    def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
+        self.backbone.set_grad_checkpointing(enable)
+
+
+class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
+    def __init__(self, config: MKCDStudentConfig):
+        super().__init__(config)
+        own_head = config.head == "student"
+        kwargs = dict(config.backbone_kwargs or {})
+        kwargs.setdefault("in_chans", config.num_channels)
+        self.backbone = create_timm_model(config.backbone, num_classes=config.num_labels if own_head else 0, **kwargs)
+        for module in self.backbone.modules():
+            module._is_timm_module = True
+        self.projector = None
+        if config.projector is not None:
+            self.projector = build_projector(config.projector, config.student_feature_shape,
+                                             config.teacher_feature_shape, **(config.projector_kwargs or {}))
+        self.head_pool = self.classifier = None
+        if not own_head:
+            self.head_pool = SelectAdaptivePool2d(pool_type=config.head_pool, flatten=True)
+            self.classifier = FrozenLinear(config.teacher_feature_shape[0], config.num_labels)
+        self.post_init()
+
+    def forward(
+            self,
+            pixel_values: torch.Tensor,
+            labels: Optional[torch.Tensor] = None,
+            output_features: bool = False,
+            return_dict: Optional[bool] = None,
+    ) -> Union[DistilledImageClassifierOutput, tuple]:
+        features = self.backbone.forward_features(match_channels(pixel_values, self.config.num_channels))
+        projected = self.projector(features) if self.projector is not None else None
+        if self.classifier is not None:
+            logits = self.classifier(self.head_pool(projected if projected is not None else features))
+        else:
+            logits = self.backbone.forward_head(features)
+        loss = F.cross_entropy(logits, labels) if labels is not None else None
+        out = DistilledImageClassifierOutput(
+            loss=loss, logits=logits,
+            features=features if output_features else None,
+            projected_features=projected if output_features else None,
+        )
+        return out if return_dict is not False else out.to_tuple()
+
+    # -- building from a teacher ----------------------------------------------------------------
+    @classmethod
+    def from_teacher(
+            cls,
+            teacher: nn.Module,
+            student: str,
+            projector: Optional[str] = "mkcd",
+            head: str = "teacher",
+            projector_kwargs: Optional[dict] = None,
+            backbone_kwargs: Optional[dict] = None,
+            num_labels: Optional[int] = None,
+            id2label: Optional[dict] = None,
+            image_size: Optional[int] = None,
+            image_mean=None,
+            image_std=None,
+            teacher_name: Optional[str] = None,
+    ) -> "MKCDStudentForImageClassification":
+        """Build a student for ``teacher`` (a timm model): probe both feature maps, size the projector,
+        copy the teacher's classifier as the frozen head (``head="teacher"``).
+
+        Raises before anything trains when the teacher head's class count differs from ``num_labels``
+        or ``id2label``, when the teacher gives no convolutional map, or when its head is not
+        global pool + linear (SimKD-style reuse is then undefined).
+        """
+        fc = teacher_linear_head(teacher)
+        n_teacher = fc.out_features
+        for what, n in (("num_labels", num_labels), ("id2label", len(id2label) if id2label else None)):
+            if n is not None and n != n_teacher:
+                raise ValueError(
+                    f"class-count mismatch: the teacher's classifier predicts {n_teacher} classes but {what} says {n}. "
+                    "Use a teacher trained on this label set (or the dataset it was trained on)."
+                )
+        num_channels = first_conv_in_channels(teacher)
+        cfg = getattr(teacher, "pretrained_cfg", None) or {}
+        image_size = image_size or cfg.get("input_size", (3, 32, 32))[-1]
+        backbone_kwargs = dict(backbone_kwargs or {})
+        backbone_kwargs.setdefault("in_chans", num_channels)
+        probe_backbone = create_timm_model(student, num_classes=0, **backbone_kwargs)
+        probe = torch.randn(2, num_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
+        f_t, t_logits, f_s = _probe(teacher, probe), None, _probe(probe_backbone, probe)
+        needs_maps = projector is not None or head == "teacher"
+        for who, f, name in (("teacher", f_t, teacher_name or type(teacher).__name__), ("student", f_s, student)):
+            if needs_maps and f.ndim != 4:
+                raise ValueError(
+                    f"the {who} {name} gives features of shape {tuple(f.shape)}, not a (B, C, H, W) map: "
+                    "a feature projector / reused head needs a convolutional feature map."
+                )
+        pool_type = getattr(getattr(teacher, "global_pool", None), "pool_type", "avg") or "avg"
+        if head == "teacher":
+            with torch.no_grad():
+                was_training = teacher.training
+                teacher.eval()
+                t_logits = teacher.forward_head(teacher.forward_features(probe.to(fc.weight.device)))
+                teacher.train(was_training)
+                mine = F.linear(SelectAdaptivePool2d(pool_type=pool_type, flatten=True)(f_t.to(fc.weight.device)),
+                                fc.weight, fc.bias)
+            if not torch.allclose(t_logits, mine, atol=1e-4, rtol=1e-4):
+                raise ValueError(
+                    "the teacher's head is not global pooling + its linear classifier (forward_head does more, e.g. a "
+                    "norm or an MLP), so it cannot be reused on projected features; use head='student'."
+                )
+        projector_kwargs = dict(projector_kwargs or {})
+        if projector is not None:
+            # teacher maps that are post-ReLU (every CIFAR zoo model) get a final ReLU in the projector
+            projector_kwargs.setdefault("out_act", "relu" if bool((f_t >= 0).all()) else "none")
+        shapes = dict(student_feature_shape=list(f_s.shape[1:]), teacher_feature_shape=list(f_t.shape[1:])) \
+            if needs_maps else {}
+        if id2label is None:
+            id2label = {i: f"LABEL_{i}" for i in range(n_teacher)}
+        mean = image_mean or cfg.get("mean", CIFAR100_MEAN)
+        std = image_std or cfg.get("std", CIFAR100_STD)
+        config = MKCDStudentConfig(
+            backbone=student, backbone_kwargs=backbone_kwargs or None, projector=projector,
+            projector_kwargs=projector_kwargs or None,
+            **shapes,
+            head=head, head_pool=pool_type, teacher=teacher_name, image_size=image_size, num_channels=num_channels,
+            image_mean=list(_fit(mean, num_channels)), image_std=list(_fit(std, num_channels)),
+            id2label={int(k): v for k, v in id2label.items()},
+        )
+        model = cls(config)
+        model.backbone.load_state_dict(probe_backbone.state_dict(), strict=False)
+        if head == "teacher":
+            model.classifier = FrozenLinear.from_linear(fc).to(model.classifier.weight.device)
+        return model
+
+    # -- preprocessing and export -------------------------------------------------------------------
+    def image_processor(self):
+        """The ``ViTImageProcessor`` matching the training input (resize, rescale, normalise)."""
+        from transformers import ViTImageProcessor
+
+        cfg = self.config
+        data_cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
+        mean = cfg.image_mean or _fit(data_cfg.get("mean", CIFAR100_MEAN), cfg.num_channels)
+        std = cfg.image_std or _fit(data_cfg.get("std", CIFAR100_STD), cfg.num_channels)
+        return ViTImageProcessor(
+            size={"height": cfg.image_size, "width": cfg.image_size}, image_mean=list(mean), image_std=list(std),
+            do_convert_rgb=cfg.num_channels == 3,
+        )
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        """``PreTrainedModel.save_pretrained`` + an image processor when none is there yet, so that
+        ``pipeline("image-classification", model=save_directory)`` works on the directory."""
+        import os
+
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True) and not os.path.exists(
+                os.path.join(save_directory, "preprocessor_config.json")):
+            self.image_processor().save_pretrained(save_directory)
+
+    def export_timm(self, save_directory: str):
+        """Write a plain student in timm's Hub layout, which both ``timm.create_model("local-dir:...")``
+        and transformers' ``TimmWrapperForImageClassification`` read (no custom code; a ``cifar_*``
+        architecture still needs ``import hf_mkcd`` in the loading process to be known to timm)."""
+        import json
+        import os
+
+        from timm.models import save_for_hf
+
+        if self.projector is not None or self.classifier is not None:
+            raise ValueError(
+                "export_timm needs a plain student (no projector, its own head); a student with a projector or a "
+                "reused teacher head is not a single timm model: use save_pretrained."
+            )
+        cfg = self.config
+        self.backbone.pretrained_cfg = {
+            **(getattr(self.backbone, "pretrained_cfg", None) or {}),
+            "input_size": (cfg.num_channels, cfg.image_size, cfg.image_size),
+            "mean": tuple(self.image_processor().image_mean), "std": tuple(self.image_processor().image_std),
+            "num_classes": cfg.num_labels,
+        }
+        model_args = dict(cfg.backbone_kwargs or {})
+        save_for_hf(self.backbone, save_directory, safe_serialization=True, model_args=model_args or None,
+                    model_config={"label_names": [cfg.id2label[i] for i in range(cfg.num_labels)]})
+        path = os.path.join(save_directory, "config.json")
+        with open(path) as f:
+            data = json.load(f)
+        # timm 1.0.31 records num_classes in model_args too, which transformers passes twice (HF_NOTES 2)
+        (data.get("model_args") or {}).pop("num_classes", None)
+        with open(path, "w") as f:
+            json.dump(data, f, indent=2)
+
+
+def _fit(values, num_channels: int):
+    values = tuple(float(v) for v in values)
+    if len(values) == num_channels:
+        return values
+    return (sum(values) / len(values),) * num_channels
+
+
+@torch.no_grad()
+def _probe(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = model.forward_features(x.to(device))
+    model.train(was_training)
+    return out.cpu()

@@ -1,0 +1,123 @@
+"""Teacher loading: every source a user can type, and the errors for bad checkpoints."""
+import tarfile
+
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
+
+from hf_mkcd import CheckpointError, HubUnavailableError, MKCDStudentForImageClassification, load_teacher
+
+X = torch.randn(2, 3, 32, 32)
+
+
+def logits(model):
+    with torch.no_grad():
+        return model.eval()(X)
+
+
+@pytest.fixture(scope="module")
+def resnet20():
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_resnet20").eval()
+    # non-trivial BN statistics, so a loader that drops buffers would be caught
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.1, 0.1)
+            m.running_var.uniform_(0.5, 1.5)
+    return model
+
+
+def test_community_pth_layout_without_bn_counters(resnet20, tmp_path):
+    sd = {k: v for k, v in resnet20.state_dict().items() if not k.endswith("num_batches_tracked")}
+    torch.save({"epoch": 240, "model": sd, "accuracy": 69.1}, tmp_path / "ckpt_epoch_240.pth")
+    teacher = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "ckpt_epoch_240.pth"), num_classes=100)
+    assert torch.equal(logits(teacher), logits(resnet20))
+    assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+
+
+def test_state_dict_key_module_prefix_and_safetensors(resnet20, tmp_path):
+    torch.save({"state_dict": {f"module.{k}": v for k, v in resnet20.state_dict().items()}}, tmp_path / "ddp.pth")
+    assert torch.equal(logits(load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "ddp.pth"))), logits(resnet20))
+    save_file({k: v.contiguous() for k, v in resnet20.state_dict().items()}, tmp_path / "w.safetensors")
+    assert torch.equal(logits(load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "w.safetensors"))), logits(resnet20))
+
+
+def test_rgb_checkpoint_into_grayscale_model(resnet20, tmp_path):
+    torch.save({"model": resnet20.state_dict()}, tmp_path / "rgb.pth")
+    gray = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "rgb.pth"), in_chans=1)
+    torch.testing.assert_close(gray.conv1.weight, resnet20.conv1.weight.sum(1, keepdim=True))
+
+
+def test_directories_saved_by_hf_mkcd_timm_and_transformers(resnet20, tmp_path):
+    plain = MKCDStudentForImageClassification.from_teacher(resnet20, "cifar_resnet20", projector=None, head="student")
+    plain.backbone.load_state_dict(resnet20.state_dict())
+    plain.save_pretrained(tmp_path / "ours")
+    assert torch.equal(logits(load_teacher(str(tmp_path / "ours"))), logits(resnet20))
+    plain.export_timm(tmp_path / "timm_native")
+    assert torch.equal(logits(load_teacher(str(tmp_path / "timm_native"))), logits(resnet20))
+    wrapper = TimmWrapperForImageClassification(TimmWrapperConfig(architecture="cifar_resnet20", num_labels=100))
+    wrapper.timm_model.load_state_dict(resnet20.state_dict())
+    wrapper.save_pretrained(tmp_path / "wrapper")
+    assert torch.equal(logits(load_teacher(str(tmp_path / "wrapper"))), logits(resnet20))
+
+
+def test_distilled_student_is_refused_as_teacher(resnet20, tmp_path):
+    MKCDStudentForImageClassification.from_teacher(resnet20, "cifar_resnet20").save_pretrained(tmp_path / "s")
+    with pytest.raises(ValueError, match="distilled student"):
+        load_teacher(str(tmp_path / "s"))
+
+
+def test_wrong_architecture_names_the_keys_and_the_matching_zoo_model(resnet20, tmp_path):
+    torch.save({"model": resnet20.state_dict()}, tmp_path / "r20.pth")
+    with pytest.raises(CheckpointError) as err:
+        load_teacher("cifar_resnet8x4", checkpoint=str(tmp_path / "r20.pth"))
+    msg = str(err.value)
+    assert "does not fit" in msg and "shape mismatch" in msg and "conv1.weight" in msg
+    assert "match the CIFAR-zoo architecture(s): cifar_resnet20" in msg
+
+
+def test_class_count_mismatch_refused(resnet20, tmp_path):
+    torch.save({"model": resnet20.state_dict()}, tmp_path / "r20.pth")
+    with pytest.raises(CheckpointError, match="class-count mismatch.*100-class.*10 classes"):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "r20.pth"), num_classes=10)
+    with pytest.raises(ValueError, match="class-count mismatch.*predicts 100 classes.*has 10"):
+        plain = MKCDStudentForImageClassification.from_teacher(resnet20, "cifar_resnet20", projector=None, head="student")
+        plain.save_pretrained(tmp_path / "d")
+        load_teacher(str(tmp_path / "d"), num_classes=10)
+
+
+def test_corrupt_foreign_and_archived_checkpoints(tmp_path):
+    (tmp_path / "trunc.pth").write_bytes(b"PK\x03\x04 definitely not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "trunc.pth"))
+    (tmp_path / "bad.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="not a readable safetensors"):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "bad.safetensors"))
+    torch.save({"model": torch.nn.Linear(2, 2)}, tmp_path / "pickled_module.pth")
+    with pytest.raises(CheckpointError, match="weights_only"):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "pickled_module.pth"))
+    torch.save({"epoch": 3, "acc": 0.5}, tmp_path / "no_weights.pth")
+    with pytest.raises(CheckpointError, match="holds no state dict"):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "no_weights.pth"))
+    (tmp_path / "inner.pth").write_bytes(b"x")
+    with tarfile.open(tmp_path / "cifar_teachers.tar", "w") as tar:
+        tar.add(tmp_path / "inner.pth", arcname="cifar_teachers/resnet56_vanilla/ckpt_epoch_240.pth")
+    with pytest.raises(CheckpointError, match="tar archive.*extract it"):
+        load_teacher("cifar_resnet56", checkpoint=str(tmp_path / "cifar_teachers.tar"))
+    with pytest.raises(FileNotFoundError):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "missing.pth"))
+
+
+def test_names_hub_ids_and_files(tmp_path):
+    with pytest.raises(ValueError, match="Unknown timm architecture 'cifar_wrn_40_3'.*cifar_wrn_40_2"):
+        load_teacher("cifar_wrn_40_3")
+    with pytest.raises(ValueError, match="has no weights"):
+        load_teacher("cifar_resnet20")
+    assert load_teacher("cifar_resnet20", allow_random_init=True).num_classes == 100
+    with pytest.raises(HubUnavailableError, match="Hub cannot be reached.*--teacher_checkpoint"):
+        load_teacher("some-user/resnet32x4-cifar100")
+    (tmp_path / "w.pth").write_bytes(b"")
+    with pytest.raises(ValueError, match="is a file"):
+        load_teacher(str(tmp_path / "w.pth"))

@@ -1,0 +1,82 @@
+"""Projectors: output shapes for homogeneous and heterogeneous pairs, parameter counts, errors."""
+import pytest
+import timm
+import torch
+
+from hf_mkcd.models.projectors import (ConvRegressor, EncoderDecoderProjector, SimKDProjector, build_projector,
+                                       count_parameters)
+
+
+def prepool_shape(name):
+    with torch.no_grad():
+        return tuple(timm.create_model(name).eval().forward_features(torch.zeros(1, 3, 32, 32)).shape[1:])
+
+
+PAIRS = [  # teacher -> student, and the projector's planned spatial handling
+    ("cifar_resnet32x4", "cifar_resnet8x4"),
+    ("cifar_resnet32x4", "cifar_shufflev2"),
+    ("cifar_vgg13", "cifar_mobilenetv2"),
+    ("cifar_wrn_40_2", "cifar_resnet8x4"),
+    ("cifar_resnet50", "cifar_mobilenetv2"),
+    ("cifar_wrn_40_2", "cifar_shufflev1"),
+]
+
+
+@pytest.mark.parametrize("teacher,student", PAIRS)
+@pytest.mark.parametrize("kind", ["mkcd", "simkd"])
+def test_projector_maps_student_map_onto_teacher_map(teacher, student, kind):
+    s, t = prepool_shape(student), prepool_shape(teacher)
+    proj = build_projector(kind, s, t)
+    y = proj(torch.randn(2, *s))
+    assert y.shape[:2] == (2, t[0])
+    assert tuple(y.shape[-2:]) == tuple(proj.output_size)
+    aligned = proj.align_teacher(torch.randn(2, *t))
+    assert aligned.shape == y.shape
+
+
+def test_mkcd_learns_2x_resampling_simkd_pools():
+    up = EncoderDecoderProjector((1024, 4, 4), (256, 8, 8))  # shufflev2 -> resnet32x4
+    assert up.plan == "up2" and up(torch.randn(1, 1024, 4, 4)).shape == (1, 256, 8, 8)
+    down = EncoderDecoderProjector((512, 4, 4), (1280, 2, 2))  # vgg8-like -> mobilenetv2
+    assert down.plan == "down2" and down.encoder[1][0].stride == (2, 2)
+    simkd = SimKDProjector((1024, 4, 4), (256, 8, 8))
+    assert simkd.plan == "pool" and simkd.output_size == (4, 4)
+    odd = EncoderDecoderProjector((64, 8, 8), (64, 3, 3))  # no 2x relation: pool the larger map
+    assert odd.plan == "pool" and odd(torch.randn(1, 64, 8, 8)).shape == (1, 64, 3, 3)
+
+
+def test_simkd_parameter_counts_match_reference():
+    # METHODS.md 2.2 (instantiated SimKD): C_s*m + 9m^2 + m*C_t + 2(2m + C_t)
+    assert count_parameters(SimKDProjector((256, 8, 8), (256, 8, 8))) == 214_016
+    assert count_parameters(SimKDProjector((64, 8, 8), (128, 8, 8))) == 49_664
+    assert count_parameters(SimKDProjector((464, 4, 4), (256, 8, 8))) == 240_640
+    assert count_parameters(SimKDProjector((256, 8, 8), (256, 8, 8), factor=8)) == 26_240
+
+
+def test_mkcd_parameter_count_by_hand():
+    c_s, c_t, m, z = 256, 256, 128, 64
+    expected = c_s * m + 9 * m * z + 9 * z * m + m * c_t + 2 * (m + z + m + c_t)
+    assert count_parameters(EncoderDecoderProjector((c_s, 8, 8), (c_t, 8, 8))) == expected
+    with_skip = EncoderDecoderProjector((c_s, 8, 8), (c_t, 8, 8), skip=True)
+    assert count_parameters(with_skip) == expected + c_s * c_t + 2 * c_t
+
+
+def test_fitnet_regressor_kernels_and_undefined_case():
+    assert ConvRegressor((32, 16, 16), (64, 8, 8)).conv.stride == (2, 2)
+    assert isinstance(ConvRegressor((32, 8, 8), (64, 16, 16)).conv, torch.nn.ConvTranspose2d)
+    assert ConvRegressor((32, 10, 10), (64, 8, 8)).conv.kernel_size == (3, 3)
+    for s, t in [((32, 16, 16), (64, 8, 8)), ((32, 8, 8), (64, 16, 16)), ((32, 10, 10), (64, 8, 8))]:
+        assert ConvRegressor(s, t)(torch.randn(1, *s)).shape == (1, *t)
+    with pytest.raises(ValueError, match="no regressor is defined"):
+        ConvRegressor((32, 6, 6), (64, 8, 8))
+
+
+def test_bad_inputs_raise_clearly():
+    with pytest.raises(ValueError, match="unknown projector 'bogus'.*fitnet.*mkcd.*simkd"):
+        build_projector("bogus", (8, 4, 4), (8, 4, 4))
+    with pytest.raises(ValueError, match="Token features"):
+        build_projector("mkcd", (197, 384), (256, 8, 8))
+    with pytest.raises(ValueError, match="leaves no channels"):
+        build_projector("mkcd", (8, 4, 4), (2, 4, 4), factor=2, latent_ratio=2)
+    with pytest.raises(ValueError, match="unknown out_act"):
+        build_projector("simkd", (8, 4, 4), (8, 4, 4), out_act="gelu")
