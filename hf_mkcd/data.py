@@ -1,0 +1,260 @@
+"""Image-classification data through ``datasets``: Hub ids, local copies, and offline sources.
+
+``--dataset_name`` may be
+* a Hub id (default ``uoft-cs/cifar100``): fails at once when offline, naming the offline choices;
+* a local ``save_to_disk`` directory, a parquet file / directory (``train-*.parquet``, ``test-*.parquet``),
+  or an imagefolder directory;
+* ``fashion_mnist`` (Debian's ``/usr/share/datasets/fashion-mnist`` when installed, else the Hub copy) or
+  ``digits`` (scikit-learn's bundled 8x8 digits, split 80/20 with a fixed seed).
+
+The image and label columns are detected (an ``Image`` feature; a ``ClassLabel`` named ``label`` /
+``fine_label`` / ``labels``, else the only one), or given with ``--image_column_name`` /
+``--label_column_name``. Transforms run on the fly through ``set_transform`` (augmentation re-drawn
+every epoch), converting images to the channel count the model expects.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from dataclasses import dataclass, field
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+
+FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                        "Ankle boot"]
+OFFLINE_SOURCES = ("fashion_mnist", "digits")
+# per-dataset normalisation (mean, std) of the known sources; others are measured on training images
+KNOWN_STATS = {
+    "uoft-cs/cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
+    "fashion_mnist": ((0.2860,), (0.3530,)),
+}
+
+
+@dataclass
+class DataArguments:
+    """Which data to train and evaluate on, and how to present it to the models."""
+
+    dataset_name: str = field(default="uoft-cs/cifar100", metadata={"help": "Hub id, local path, or one of: " + ", ".join(OFFLINE_SOURCES)})
+    dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
+    image_column_name: Optional[str] = field(default=None, metadata={"help": "Image column (detected if unset)."})
+    label_column_name: Optional[str] = field(default=None, metadata={"help": "Label column (detected if unset)."})
+    train_split: str = field(default="train", metadata={"help": "Training split."})
+    eval_split: Optional[str] = field(default=None, metadata={"help": "Evaluation split (validation, else test, else 10% of train)."})
+    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."})
+    max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
+    image_size: Optional[int] = field(default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."})
+    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (CIFAR recipe: random crop with 4-pixel padding + flip) or none."})
+    image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
+    image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
+    seed: int = field(default=0, metadata={"help": "Seed of derived splits (digits, train/eval split)."})
+
+
+def _read_idx(path: str) -> np.ndarray:
+    with gzip.open(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
+
+
+def _from_arrays(images: np.ndarray, labels: np.ndarray, names) -> Dataset:
+    features = Features({"image": Image(), "label": ClassLabel(names=list(names))})
+    return Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64)}, features=features)
+
+
+def load_fashion_mnist() -> DatasetDict:
+    """Debian's copy, encoded once into the datasets cache (16 s), then read back from disk."""
+    if os.path.isdir(FASHION_MNIST_DIR):
+        import datasets
+
+        cache = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_mkcd", "fashion_mnist_debian")
+        if os.path.isfile(os.path.join(cache, "dataset_dict.json")):
+            return load_from_disk(cache)
+        split = {}
+        for name, prefix in (("train", "train"), ("test", "t10k")):
+            images = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
+            labels = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
+            split[name] = _from_arrays(images, labels, FASHION_MNIST_LABELS)
+        ds = DatasetDict(split)
+        tmp = f"{cache}.tmp{os.getpid()}"
+        ds.save_to_disk(tmp)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        try:
+            os.replace(tmp, cache)  # atomic: a concurrent or interrupted run never sees half a cache
+        except OSError:
+            pass  # another process won the race; its copy is identical
+        return load_from_disk(cache)
+    return _load_hub("zalando-datasets/fashion_mnist", None)
+
+
+def load_digits_dataset(seed: int = 0) -> DatasetDict:
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = np.clip(digits.images * 16, 0, 255).astype(np.uint8)  # 0..16 -> 0..255
+    ds = _from_arrays(images, digits.target, [str(i) for i in range(10)])
+    split = ds.train_test_split(test_size=0.2, seed=seed, stratify_by_column="label")
+    return DatasetDict(train=split["train"], test=split["test"])
+
+
+def _load_hub(name: str, config: Optional[str]) -> DatasetDict:
+    try:
+        return load_dataset(name, config)
+    except ConnectionError as err:
+        raise ConnectionError(
+            f"dataset {name!r} cannot be fetched from the Hugging Face Hub (offline?). Offline choices: "
+            f"{', '.join(OFFLINE_SOURCES)}, or a local path (save_to_disk directory, parquet files, imagefolder). "
+            f"({err})"
+        ) from err
+
+
+def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -> DatasetDict:
+    if name == "fashion_mnist":
+        return load_fashion_mnist()
+    if name == "digits":
+        return load_digits_dataset(seed)
+    if os.path.exists(name):
+        if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_dict.json"))
+                                    or os.path.isfile(os.path.join(name, "dataset_info.json"))):
+            ds = load_from_disk(name)
+            return ds if isinstance(ds, DatasetDict) else DatasetDict(train=ds)
+        parquet = sorted(f for f in (os.listdir(name) if os.path.isdir(name) else [os.path.basename(name)]) if f.endswith(".parquet"))
+        if parquet:
+            root = name if os.path.isdir(name) else os.path.dirname(name)
+            files = {}
+            for f in parquet:
+                split = f.split("-")[0].split(".")[0]
+                files.setdefault(split, []).append(os.path.join(root, f))
+            return load_dataset("parquet", data_files=files)
+        if os.path.isdir(name):
+            return load_dataset("imagefolder", data_dir=name)
+        raise ValueError(f"{name!r} is neither a dataset directory, a parquet file nor an imagefolder")
+    if "/" not in name:
+        raise ValueError(f"unknown dataset {name!r}: give a Hub id (org/name), a local path, or one of {OFFLINE_SOURCES}")
+    return _load_hub(name, config)
+
+
+def detect_columns(features: Features, image_column: Optional[str] = None, label_column: Optional[str] = None) -> Tuple[str, str]:
+    if image_column is None:
+        images = [k for k, v in features.items() if isinstance(v, Image)]
+        images = images or [k for k in ("img", "image", "pixel_values") if k in features]
+        if not images:
+            raise ValueError(f"no image column found in {list(features)}: pass --image_column_name")
+        image_column = images[0]
+    if label_column is None:
+        labels = [k for k, v in features.items() if isinstance(v, ClassLabel)]
+        preferred = [k for k in ("label", "labels", "fine_label") if k in labels]
+        if preferred:
+            label_column = preferred[0]
+        elif len(labels) == 1:
+            label_column = labels[0]
+        else:
+            raise ValueError(f"cannot tell the label column among {labels or list(features)}: pass --label_column_name")
+    for kind, col in (("image", image_column), ("label", label_column)):
+        if col not in features:
+            raise ValueError(f"{kind} column {col!r} not in the dataset; columns: {list(features)}")
+    if not isinstance(features[label_column], ClassLabel):
+        raise ValueError(f"label column {label_column!r} is {features[label_column]}, not a ClassLabel")
+    return image_column, label_column
+
+
+def _to_tensor(image) -> torch.Tensor:
+    """PIL image or HxW(xC) array -> uint8 CxHxW tensor."""
+    array = np.array(image)  # a writable copy
+    if array.ndim == 2:
+        array = array[:, :, None]
+    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+
+
+def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
+    """uint8 CxHxW with C in {1, 3, 4} -> ``channels`` channels (RGBA drops alpha; gray <-> RGB)."""
+    c = x.shape[0]
+    if c == 4:
+        x, c = x[:3], 3
+    if c == channels:
+        return x
+    if c == 1 and channels == 3:
+        return x.expand(3, -1, -1)
+    if c == 3 and channels == 1:
+        w = torch.tensor([0.299, 0.587, 0.114]).view(3, 1, 1)
+        return (x.float() * w).sum(0, keepdim=True).round().clamp(0, 255).to(torch.uint8)
+    raise ValueError(f"images have {c} channels and the model takes {channels}: no conversion is defined")
+
+
+def image_channels(dataset: Dataset, image_column: str) -> int:
+    return int(_to_tensor(dataset[0][image_column]).shape[0])
+
+
+def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2000, seed: int = 0):
+    idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
+    batch = torch.stack([to_channels(_to_tensor(dataset[int(i)][image_column]), channels).float() / 255 for i in idx])
+    return batch.mean((0, 2, 3)).tolist(), batch.std((0, 2, 3)).tolist()
+
+
+def build_transform(image_column: str, label_column: str, channels: int, image_size: int, mean, std, train: bool,
+                    augmentation: str = "crop_flip"):
+    from torchvision.transforms import v2
+
+    ops = [v2.Resize((image_size, image_size), antialias=True)]
+    if train and augmentation == "crop_flip":
+        ops += [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]
+    elif train and augmentation != "none":
+        raise ValueError(f"unknown augmentation {augmentation!r}: crop_flip or none")
+    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
+    pipeline = v2.Compose(ops)
+
+    def transform(batch):
+        pixels = [pipeline(to_channels(_to_tensor(img), channels)) for img in batch[image_column]]
+        return {"pixel_values": pixels, "labels": batch[label_column]}
+
+    return transform
+
+
+@dataclass
+class PreparedData:
+    train: Dataset
+    eval: Dataset
+    id2label: dict
+    image_column: str
+    label_column: str
+    source_channels: int
+    mean: Sequence[float]
+    std: Sequence[float]
+
+
+def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=None, std=None) -> PreparedData:
+    """Load, split, truncate and attach transforms. ``mean``/``std`` (e.g. the teacher's) win over
+    known or measured statistics; ``args.image_mean``/``image_std`` win over everything."""
+    ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.seed)
+    if args.train_split not in ds:
+        raise ValueError(f"no split {args.train_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
+    train = ds[args.train_split]
+    eval_split = args.eval_split or next((s for s in ("validation", "test") if s in ds), None)
+    if eval_split is None:
+        split = train.train_test_split(test_size=0.1, seed=args.seed)
+        train, evaluation = split["train"], split["test"]
+    elif eval_split not in ds:
+        raise ValueError(f"no split {eval_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
+    else:
+        evaluation = ds[eval_split]
+    image_column, label_column = detect_columns(train.features, args.image_column_name, args.label_column_name)
+    if args.max_train_samples is not None:
+        train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
+    if args.max_eval_samples is not None:
+        evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
+    source_channels = image_channels(train, image_column)
+    to_channels(torch.zeros(source_channels, 2, 2, dtype=torch.uint8), channels)  # raises if not convertible
+    if args.image_mean is not None:
+        mean, std = args.image_mean, args.image_std
+    elif mean is None:
+        known = KNOWN_STATS.get(args.dataset_name)
+        mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
+    names = train.features[label_column].names
+    train.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, True, args.augmentation))
+    evaluation.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, False))
+    return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
+                        source_channels, list(mean), list(std))

@@ -1,0 +1,10 @@
+"""The distiller zoo: one file per method, registered by name (``--method``)."""
+from . import kd, mkcd, none, simkd  # noqa: F401  (registration)
+from .base import DISTILLERS, Distiller, get_distiller_class, list_distillers, register_distiller
+from .losses import feature_mse, kd_loss
+from .temperature import TEMPERATURE_SCHEDULES, TemperatureSchedule, build_temperature_schedule
+
+__all__ = [
+    "DISTILLERS", "Distiller", "get_distiller_class", "list_distillers", "register_distiller", "kd_loss",
+    "feature_mse", "TEMPERATURE_SCHEDULES", "TemperatureSchedule", "build_temperature_schedule",
+]

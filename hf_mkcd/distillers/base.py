@@ -1,0 +1,76 @@
+"""The distiller interface and its registry.
+
+A distiller is an ``nn.Module`` that turns student and teacher outputs into *named, weighted* loss
+terms (``{"loss_ce": ..., "loss_kd": ...}``; the total is their sum). It declares:
+
+* ``student_needs`` / ``teacher_needs``: which outputs it reads, so the trainer computes only those
+  (``logits``, ``pooled``, ``features`` = the pre-pool map, ``projected`` = the student's projector
+  output, ``stages`` / ``preact_stages`` = ``forward_intermediates`` maps);
+* ``projector`` / ``head``: the deployable student it trains (``from_teacher`` builds it);
+* ``defaults``: its hyper-parameters (METHODS.md), overridable by ``DistillationTrainingArguments``.
+
+Trainable modules a method needs only for training live in the distiller; the trainer puts the
+student and the distiller in one module, so the optimizer, DDP and checkpoints see both.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Dict, Optional, Type
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+DISTILLERS: Dict[str, Type["Distiller"]] = {}
+
+
+def register_distiller(name: str):
+    def wrap(cls):
+        if name in DISTILLERS:
+            raise ValueError(f"distiller {name!r} is already registered by {DISTILLERS[name].__module__}")
+        cls.name = name
+        DISTILLERS[name] = cls
+        return cls
+
+    return wrap
+
+
+def list_distillers():
+    return sorted(DISTILLERS)
+
+
+def get_distiller_class(name: str) -> Type["Distiller"]:
+    if name not in DISTILLERS:
+        close = difflib.get_close_matches(name, DISTILLERS, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown method {name!r}.{hint} Valid methods: {', '.join(list_distillers())}")
+    return DISTILLERS[name]
+
+
+class Distiller(nn.Module):
+    name: str = ""
+    student_needs = frozenset({"logits"})
+    teacher_needs = frozenset({"logits"})
+    projector: Optional[str] = None  # projector of the deployable student
+    head: str = "student"  # "teacher": the student reuses the teacher's frozen classifier
+    uses_temperature = False
+    defaults: Dict[str, float] = {}
+
+    def __init__(self, student=None, teacher=None, **hparams):
+        super().__init__()
+        unknown = set(hparams) - set(self.defaults)
+        if unknown:
+            raise ValueError(f"method {self.name!r} has no hyper-parameters {sorted(unknown)}; it takes {sorted(self.defaults)}")
+        self.hparams = {**self.defaults, **{k: v for k, v in hparams.items() if v is not None}}
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.teacher_needs)
+
+    def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], labels: torch.Tensor,
+                temperature: Optional[float] = None, progress: float = 0.0) -> Dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    @staticmethod
+    def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.cross_entropy(logits.float(), labels)

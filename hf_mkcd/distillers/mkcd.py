@@ -1,0 +1,31 @@
+"""``mkcd``: Multi-knowledge Collaborative Distillation with an Encoder-decoder feature Projector
+(ICJE 11(3), 2025; only the abstract is public, so every choice here is ours: see MKCD.md).
+
+Student logits z_s = teacher_fc(pool(P(F_s))) with P the encoder-decoder projector and the teacher's
+classifier frozen; feature and logit knowledge are learned together:
+
+    L = w_feat * MSE(P(F_s), F_t) + w_kd * T^2 * KL(p_t^T || p_s^T) + w_ce * CE(z_s, y)
+
+with T from the temperature schedule (``--temperature_schedule``). The weights are starting values
+to be settled by the ablation benchmark.
+"""
+from .base import Distiller, register_distiller
+from .losses import feature_mse, kd_loss
+
+
+@register_distiller("mkcd")
+class MKCD(Distiller):
+    student_needs = frozenset({"logits", "projected"})
+    teacher_needs = frozenset({"logits", "features"})
+    projector = "mkcd"
+    head = "teacher"
+    uses_temperature = True
+    defaults = {"feat_weight": 1.0, "kd_weight": 1.0, "ce_weight": 1.0}
+
+    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0):
+        terms = {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
+        if self.hparams["kd_weight"]:
+            terms["loss_kd"] = self.hparams["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)
+        if self.hparams["ce_weight"]:
+            terms["loss_ce"] = self.hparams["ce_weight"] * self.ce(student["logits"], labels)
+        return terms

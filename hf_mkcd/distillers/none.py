@@ -1,0 +1,11 @@
+"""``none``: the vanilla student (cross-entropy only, no teacher); also trains teachers."""
+from .base import Distiller, register_distiller
+
+
+@register_distiller("none")
+class NoDistillation(Distiller):
+    teacher_needs = frozenset()
+    defaults = {"ce_weight": 1.0}
+
+    def forward(self, student, teacher, labels, temperature=None, progress=0.0):
+        return {"loss_ce": self.hparams["ce_weight"] * self.ce(student["logits"], labels)}

@@ -1,0 +1,20 @@
+"""``simkd``: Chen et al., "Knowledge Distillation with the Reused Teacher Classifier" (CVPR 2022).
+
+The student's last map goes through SimKD's 1x1-3x3-1x1 projector; the loss is MSE to the teacher's
+pre-pool map, nothing else (``-c 0 -d 0 -b 1`` in DefangChen/SimKD); the teacher's frozen classifier
+is the student's head at inference.
+"""
+from .base import Distiller, register_distiller
+from .losses import feature_mse
+
+
+@register_distiller("simkd")
+class SimKD(Distiller):
+    student_needs = frozenset({"logits", "projected"})
+    teacher_needs = frozenset({"features"})
+    projector = "simkd"
+    head = "teacher"
+    defaults = {"feat_weight": 1.0}
+
+    def forward(self, student, teacher, labels, temperature=None, progress=0.0):
+        return {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}

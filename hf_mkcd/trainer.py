@@ -1,0 +1,285 @@
+"""``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into a student.
+
+* The trained module is ``DistillationModule(student, distiller)``: the optimizer, DDP and every
+  checkpoint see the student *and* the method's own trainable modules. The teacher is a Trainer
+  attribute: on the student's device, eval mode, ``requires_grad=False``, run under ``no_grad`` and
+  the accelerator's autocast, once per batch; never in the optimizer, never in a checkpoint.
+* Checkpoints hold the student exactly as ``save_pretrained`` writes it (so every ``checkpoint-N`` is a
+  loadable model), plus ``distiller.safetensors`` for the method's state, plus Trainer's optimizer,
+  scheduler and RNG states: resuming reproduces the run.
+* Losses are per-batch means and ``loss_is_scaled_for_ga = False``: Trainer divides by the
+  accumulation steps, so gradient accumulation equals one large batch.
+* Each loss term and the temperature are logged; a non-finite loss stops the run with the step and terms.
+"""
+from __future__ import annotations
+
+import bisect
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional
+
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+from transformers import Trainer, TrainingArguments
+
+from .distillers import build_temperature_schedule, get_distiller_class, list_distillers
+from .distillers.temperature import TEMPERATURE_SCHEDULES
+from .evaluation import compute_metrics as default_compute_metrics
+from .models.modeling_mkcd_student import (MKCDStudentForImageClassification, first_conv_in_channels, match_channels,
+                                           teacher_linear_head)
+
+DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
+
+
+@dataclass
+class DistillationTrainingArguments(TrainingArguments):
+    r"""``TrainingArguments`` plus the distillation settings.
+
+    Args:
+        method (`str`): the distiller (``--method``): see ``hf_mkcd.list_distillers()``.
+        temperature_schedule (`str`): how the temperature moves over training (``constant``, ``linear_rising``,
+            ``linear_falling``, ``cosine_rising``, ``cosine_falling``).
+        temperature (`float`): the constant temperature; temperature_min / temperature_max bound the ramps.
+        ce_weight / kd_weight / feat_weight (`float`, *optional*): override the method's default loss weights.
+        lr_decay_epochs (`list[int]`, *optional*): multiply the LR by ``lr_decay_rate`` after these epochs
+            (the CIFAR recipe: 150 180 210); replaces ``lr_scheduler_type``.
+    """
+
+    method: str = field(default="mkcd", metadata={"help": "Distillation method: " + ", ".join(list_distillers())})
+    temperature_schedule: str = field(default="constant", metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES)})
+    temperature: float = field(default=4.0, metadata={"help": "Temperature of the constant schedule."})
+    temperature_min: float = field(default=1.0, metadata={"help": "Lower end of a rising/falling schedule."})
+    temperature_max: float = field(default=8.0, metadata={"help": "Upper end of a rising/falling schedule."})
+    ce_weight: Optional[float] = field(default=None, metadata={"help": "Cross-entropy weight (method default if unset)."})
+    kd_weight: Optional[float] = field(default=None, metadata={"help": "Logit-distillation weight (method default if unset)."})
+    feat_weight: Optional[float] = field(default=None, metadata={"help": "Feature-loss weight (method default if unset)."})
+    lr_decay_epochs: Optional[List[int]] = field(default=None, metadata={"help": "Multi-step LR: epochs after which LR *= lr_decay_rate (CIFAR: 150 180 210)."})
+    lr_decay_rate: float = field(default=0.1, metadata={"help": "Factor of each multi-step LR decay."})
+    # Defaults that differ from TrainingArguments: image columns are consumed by the set_transform,
+    # and every parameter of the student is used in each step.
+    remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
+    ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
+
+    def __post_init__(self):
+        get_distiller_class(self.method)  # unknown method -> the valid ones are listed
+        build_temperature_schedule(self.temperature_schedule, **self.temperature_kwargs())
+        if self.lr_decay_epochs is not None and sorted(self.lr_decay_epochs) != list(self.lr_decay_epochs):
+            raise ValueError(f"lr_decay_epochs must be increasing, got {self.lr_decay_epochs}")
+        super().__post_init__()
+
+    def temperature_kwargs(self) -> dict:
+        return dict(temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max)
+
+    def loss_weights(self) -> dict:
+        return {k: getattr(self, k) for k in ("ce_weight", "kd_weight", "feat_weight") if getattr(self, k) is not None}
+
+
+class DistillationModule(nn.Module):
+    """Student + distiller: the one module the optimizer, DDP and checkpoints see. Its forward
+    computes the whole loss, so DDP's gradient hooks cover every trainable piece."""
+
+    accepts_loss_kwargs = False
+    main_input_name = "pixel_values"
+
+    def __init__(self, student: MKCDStudentForImageClassification, distiller: nn.Module):
+        super().__init__()
+        self.student = student
+        self.distiller = distiller
+        self.config = student.config
+
+    def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0):
+        distilling = teacher_outputs is not None or not self.distiller.needs_teacher
+        needs = self.distiller.student_needs if (distilling and labels is not None) else {"logits"}
+        out = self.student(pixel_values=pixel_values, output_features=bool(needs & {"features", "projected"}))
+        student = {"logits": out.logits, "features": out.features, "projected": out.projected_features}
+        if labels is None:
+            return {"logits": out.logits}
+        if not distilling:  # evaluation: the student's own cross-entropy
+            return {"loss": nn.functional.cross_entropy(out.logits.float(), labels), "logits": out.logits}
+        teacher = dict(teacher_outputs or {})
+        if "features" in teacher:
+            proj = self.student.projector
+            teacher["features_aligned"] = proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
+        terms = self.distiller(student, teacher, labels, temperature=temperature, progress=progress)
+        return {"loss": sum(terms.values()), "logits": out.logits, "terms": terms}
+
+
+class MultiStepSchedule:
+    """LR factor: linear warm-up, then ``rate ** (number of milestones passed)`` (picklable for scheduler.pt)."""
+
+    def __init__(self, milestones: List[int], rate: float, warmup_steps: int = 0):
+        self.milestones, self.rate, self.warmup_steps = list(milestones), rate, warmup_steps
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
+        return warm * self.rate ** bisect.bisect_right(self.milestones, step)
+
+
+class DistillationTrainer(Trainer):
+    """``Trainer(model=student, teacher_model=teacher, args=DistillationTrainingArguments(...), ...)``."""
+
+    loss_is_scaled_for_ga = False
+
+    def __init__(self, model: MKCDStudentForImageClassification = None, teacher_model: Optional[nn.Module] = None,
+                 args: Optional[DistillationTrainingArguments] = None, distiller: Optional[nn.Module] = None, **kwargs):
+        if args is None:
+            args = DistillationTrainingArguments(output_dir="distillation_output")
+        if not isinstance(args, DistillationTrainingArguments):
+            raise TypeError("args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)")
+        if not isinstance(model, MKCDStudentForImageClassification):
+            raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
+        distiller = distiller or get_distiller_class(args.method)(student=model, teacher=teacher_model, **self._weights(args))
+        if not distiller.needs_teacher:
+            teacher_model = None
+        elif teacher_model is None:
+            raise ValueError(f"method {args.method!r} needs a teacher: pass teacher_model=")
+        self._check_pair(model, teacher_model, distiller, args.method)
+        self._check_world_size(args)
+        kwargs.setdefault("compute_metrics", default_compute_metrics)
+        super().__init__(model=DistillationModule(model, distiller), args=args, **kwargs)
+        self.teacher = None
+        if teacher_model is not None:
+            self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
+            self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
+        self.temperature_schedule = build_temperature_schedule(args.temperature_schedule, **args.temperature_kwargs())
+        self._terms: Dict[str, torch.Tensor] = {}
+        self._terms_count = 0
+        self._last_temperature: Optional[float] = None
+
+    # -- validation before anything runs ---------------------------------------------------------
+    @staticmethod
+    def _weights(args: DistillationTrainingArguments) -> dict:
+        cls = get_distiller_class(args.method)
+        weights = args.loss_weights()
+        unused = set(weights) - set(cls.defaults)
+        if unused:
+            raise ValueError(f"method {args.method!r} has no {sorted(unused)}; its weights are {sorted(cls.defaults)}")
+        return weights
+
+    @staticmethod
+    def _check_pair(student, teacher, distiller, method):
+        cfg = student.config
+        if (distiller.projector or None) != cfg.projector or distiller.head != cfg.head:
+            raise ValueError(
+                f"method {method!r} trains a student with projector={distiller.projector!r}, head={distiller.head!r}, but "
+                f"this student has projector={cfg.projector!r}, head={cfg.head!r}. Build it with "
+                f"MKCDStudentForImageClassification.from_teacher(teacher, {cfg.backbone!r}, projector={distiller.projector!r}, "
+                f"head={distiller.head!r})."
+            )
+        if teacher is None:
+            return
+        n_teacher = teacher_linear_head(teacher).out_features
+        if n_teacher != cfg.num_labels:
+            raise ValueError(f"class-count mismatch: the teacher predicts {n_teacher} classes, the student {cfg.num_labels}")
+        if cfg.teacher_feature_shape is not None:
+            device = next(teacher.parameters()).device
+            probe = torch.zeros(1, first_conv_in_channels(teacher), cfg.image_size, cfg.image_size, device=device)
+            was_training = teacher.training
+            with torch.no_grad():
+                shape = list(teacher.eval().forward_features(probe).shape[1:])
+            teacher.train(was_training)
+            if shape != list(cfg.teacher_feature_shape):
+                raise ValueError(
+                    f"feature-shape mismatch: the student was built for a teacher map {cfg.teacher_feature_shape}, "
+                    f"this teacher gives {shape} at {cfg.image_size}x{cfg.image_size}; rebuild the student with from_teacher"
+                )
+
+    @staticmethod
+    def _check_world_size(args):
+        launched = int(os.environ.get("WORLD_SIZE", "1"))
+        if launched != args.world_size:
+            raise RuntimeError(
+                f"launched as {launched} processes but training runs in {args.world_size}: the processes did not join one "
+                "group. On a machine without GPUs pass --use_cpu (gloo); with GPUs check the accelerate config."
+            )
+
+    # -- the loss ---------------------------------------------------------------------------------
+    @property
+    def distiller(self):
+        return self.accelerator.unwrap_model(self.model).distiller
+
+    @property
+    def student(self) -> MKCDStudentForImageClassification:
+        return self.accelerator.unwrap_model(self.model).student
+
+    def _teacher_outputs(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
+        needs = self.distiller.teacher_needs
+        with torch.no_grad(), self.accelerator.autocast():
+            features = self.teacher.forward_features(match_channels(pixel_values, self._teacher_in_chans))
+            out = {"features": features} if "features" in needs else {}
+            if "logits" in needs:
+                out["logits"] = self.teacher.forward_head(features)
+        return out
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
+        training = model.training and labels is not None
+        teacher_outputs = self._teacher_outputs(pixel_values) if (training and self.teacher is not None) else None
+        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
+        temperature = self.temperature_schedule(progress) if self.distiller.uses_temperature else None
+        out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
+                    temperature=temperature, progress=progress)
+        loss = out.get("loss")
+        if training:
+            terms = out["terms"]
+            if not torch.isfinite(loss.detach()).all():
+                shown = {k: float(v.detach()) for k, v in terms.items()}
+                raise FloatingPointError(
+                    f"non-finite loss at step {self.state.global_step} (epoch {self.state.epoch}): loss terms {shown}, "
+                    f"temperature {temperature}. Lower the learning rate or the loss weights, or check the inputs."
+                )
+            for k, v in terms.items():
+                self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
+            self._terms_count += 1
+            self._last_temperature = temperature
+        return (loss, {"logits": out["logits"]}) if return_outputs else loss
+
+    def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        if "loss" in logs and self._terms_count:
+            for k, v in sorted(self._terms.items()):
+                logs[k] = round(float(self.accelerator.reduce(v / self._terms_count, reduction="mean")), 6)
+            if self._last_temperature is not None:
+                logs["temperature"] = round(self._last_temperature, 6)
+            self._terms, self._terms_count = {}, 0
+        super().log(logs, start_time)
+
+    # -- schedule ---------------------------------------------------------------------------------
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.args.lr_decay_epochs is None or self.lr_scheduler is not None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        steps_per_epoch = max(1, len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps)
+        milestones = [e * steps_per_epoch for e in self.args.lr_decay_epochs]
+        schedule = MultiStepSchedule(milestones, self.args.lr_decay_rate, self.args.get_warmup_steps(num_training_steps))
+        self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
+        self._created_lr_scheduler = True
+        return self.lr_scheduler
+
+    # -- saving and resuming ------------------------------------------------------------------------
+    def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        self.student.save_pretrained(output_dir)
+        distiller_state = {k: v.detach().contiguous().cpu() for k, v in self.distiller.state_dict().items()}
+        if distiller_state:
+            save_file(distiller_state, os.path.join(output_dir, DISTILLER_WEIGHTS_NAME), metadata={"format": "pt"})
+        if self.processing_class is not None:
+            self.processing_class.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
+        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
+        if not os.path.isfile(weights):
+            raise ValueError(f"{resume_from_checkpoint!r} holds no model.safetensors: not a checkpoint of this trainer")
+        self.student.load_state_dict(load_file(weights), strict=True)
+        distiller_file = os.path.join(resume_from_checkpoint, DISTILLER_WEIGHTS_NAME)
+        if os.path.isfile(distiller_file):
+            self.distiller.load_state_dict(load_file(distiller_file), strict=True)
+        elif self.distiller.state_dict():
+            raise ValueError(f"{resume_from_checkpoint!r} lacks {DISTILLER_WEIGHTS_NAME}, which method {self.args.method!r} needs")
+
+    def _load_best_model(self) -> None:
+        self._load_from_checkpoint(self.state.best_model_checkpoint)
