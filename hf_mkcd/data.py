@@ -50,7 +50,7 @@ class DataArguments:
     augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (CIFAR recipe: random crop with 4-pixel padding + flip) or none."})
     image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
     image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
-    seed: int = field(default=0, metadata={"help": "Seed of derived splits (digits, train/eval split)."})
+    split_seed: int = field(default=0, metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."})
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -229,13 +229,13 @@ class PreparedData:
 def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=None, std=None) -> PreparedData:
     """Load, split, truncate and attach transforms. ``mean``/``std`` (e.g. the teacher's) win over
     known or measured statistics; ``args.image_mean``/``image_std`` win over everything."""
-    ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.seed)
+    ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.split_seed)
     if args.train_split not in ds:
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
     train = ds[args.train_split]
     eval_split = args.eval_split or next((s for s in ("validation", "test") if s in ds), None)
     if eval_split is None:
-        split = train.train_test_split(test_size=0.1, seed=args.seed)
+        split = train.train_test_split(test_size=0.1, seed=args.split_seed)
         train, evaluation = split["train"], split["test"]
     elif eval_split not in ds:
         raise ValueError(f"no split {eval_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
@@ -243,7 +243,7 @@ def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=N
         evaluation = ds[eval_split]
     image_column, label_column = detect_columns(train.features, args.image_column_name, args.label_column_name)
     if args.max_train_samples is not None:
-        train = train.shuffle(seed=args.seed).select(range(min(args.max_train_samples, len(train))))
+        train = train.shuffle(seed=args.split_seed).select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     source_channels = image_channels(train, image_column)

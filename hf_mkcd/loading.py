@@ -149,7 +149,14 @@ def _load_directory(path: str) -> nn.Module:
                 f"{path!r} holds a distilled student with a projector / reused teacher head; only plain classifiers "
                 "(e.g. saved by scripts/train_teacher.py) can serve as teachers."
             )
-        return student.backbone
+        backbone, c = student.backbone, student.config
+        # the input this classifier was trained on travels with it (size, channels, normalisation)
+        backbone.pretrained_cfg = {
+            **(backbone.pretrained_cfg or {}),
+            "input_size": (c.num_channels, c.image_size, c.image_size),
+            **({"mean": tuple(c.image_mean), "std": tuple(c.image_std)} if c.image_mean and c.image_std else {}),
+        }
+        return backbone
     if "architecture" in cfg:
         create_timm_model(cfg["architecture"], num_classes=0)  # clear error if timm does not know the name
         if "pretrained_cfg" in cfg:  # timm's own Hub layout (save_for_hf)

@@ -1,0 +1,143 @@
+"""What ``scripts/distill.py`` and ``scripts/train_teacher.py`` run: parse, build, train, save.
+
+Config precedence: dataclass defaults < a YAML/JSON file given as the first argument < command-line
+flags; unknown keys are refused; the resolved config is written to ``<output_dir>/run_config.yaml``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from dataclasses import asdict, dataclass, field
+from typing import Optional, Sequence
+
+import yaml
+from transformers import HfArgumentParser, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from .data import DataArguments, load_image_dataset, prepare_datasets
+from .distillers import get_distiller_class
+from .loading import load_teacher
+from .models import MKCDStudentConfig, MKCDStudentForImageClassification
+from .models.modeling_mkcd_student import first_conv_in_channels, teacher_linear_head
+from .trainer import DistillationTrainer, DistillationTrainingArguments
+
+logger = logging.getLogger("hf_mkcd")
+
+
+@dataclass
+class ModelArguments:
+    """The student (``model_name_or_path``: a timm / CIFAR-zoo architecture) and, for distillation, the teacher."""
+
+    model_name_or_path: str = field(default="cifar_resnet8x4", metadata={"help": "timm architecture of the student (e.g. cifar_resnet8x4, resnet18)."})
+    teacher_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Teacher: a saved directory, a timm / CIFAR-zoo name (with --teacher_checkpoint) or a Hub id."})
+    teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Teacher weights for a timm name: community .pth ('model'/'state_dict') or .safetensors."})
+    projector_factor: int = field(default=2, metadata={"help": "Projector width: m = C_teacher / factor."})
+    projector_latent_ratio: int = field(default=2, metadata={"help": "MKCD projector latent: m / ratio channels."})
+    projector_skip: bool = field(default=False, metadata={"help": "MKCD projector: add a 1x1 skip connection."})
+
+
+def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
+    """Defaults < YAML/JSON file (first argument) < CLI flags; unknown keys raise."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    file_args = []
+    if argv and argv[0].endswith((".yaml", ".yml", ".json")):
+        with open(argv.pop(0)) as f:
+            config = yaml.safe_load(f) or {}
+        if not isinstance(config, dict):
+            raise ValueError("a recipe file must hold a mapping of argument names to values")
+        for key, value in config.items():
+            if value is None:
+                continue
+            if isinstance(value, (list, tuple)):
+                file_args += [f"--{key}", *map(str, value)]
+            elif isinstance(value, dict):
+                file_args += [f"--{key}", json.dumps(value)]
+            else:
+                file_args += [f"--{key}", str(value)]
+    parser = HfArgumentParser(dataclass_types)
+    return parser.parse_args_into_dataclasses(args=file_args + argv, look_for_args_file=False)
+
+
+def _save_config(output_dir: str, *configs) -> None:
+    resolved = {}
+    for cfg in configs:
+        resolved.update(cfg.to_dict() if hasattr(cfg, "to_dict") else asdict(cfg))
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "run_config.yaml"), "w") as f:
+        yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), f, sort_keys=True)
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    logger.setLevel(logging.INFO if training_args.should_log else logging.WARN)
+    set_seed(training_args.seed)
+    method = get_distiller_class(training_args.method)
+
+    teacher = None
+    if method().needs_teacher:
+        if model_args.teacher_model_name_or_path is None:
+            raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
+        teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
+        cfg = getattr(teacher, "pretrained_cfg", None) or {}
+        channels = first_conv_in_channels(teacher)
+        image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
+        data = prepare_datasets(data_args, channels, image_size, cfg.get("mean"), cfg.get("std"))
+        n_teacher = teacher_linear_head(teacher).out_features
+        if n_teacher != len(data.id2label):
+            raise ValueError(
+                f"class-count mismatch: teacher {model_args.teacher_model_name_or_path!r} predicts {n_teacher} classes, "
+                f"dataset {data_args.dataset_name!r} has {len(data.id2label)}. Use a teacher trained on this dataset."
+            )
+        projector_kwargs = {"factor": model_args.projector_factor}
+        if method.projector == "mkcd":
+            projector_kwargs.update(latent_ratio=model_args.projector_latent_ratio, skip=model_args.projector_skip)
+        student = MKCDStudentForImageClassification.from_teacher(
+            teacher, model_args.model_name_or_path, projector=method.projector, head=method.head,
+            projector_kwargs=projector_kwargs if method.projector else None, id2label=data.id2label,
+            image_size=image_size, image_mean=data.mean, image_std=data.std,
+            teacher_name=model_args.teacher_model_name_or_path,
+        )
+    else:
+        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
+        from .data import detect_columns, image_channels
+
+        split = raw[data_args.train_split]
+        image_column, _ = detect_columns(split.features, data_args.image_column_name, data_args.label_column_name)
+        source = image_channels(split, image_column)
+        channels = source if source in (1, 3) else 3
+        from .models import create_timm_model
+
+        probe = create_timm_model(model_args.model_name_or_path, num_classes=0, in_chans=channels)
+        image_size = data_args.image_size or probe.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        data = prepare_datasets(data_args, channels, image_size)
+        student = MKCDStudentForImageClassification(MKCDStudentConfig(
+            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=channels,
+            image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
+        ))
+
+    _save_config(training_args.output_dir, model_args, data_args, training_args)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
+        eval_dataset=data.eval, processing_class=student.image_processor(),
+    )
+    results = {}
+    if training_args.do_train:
+        checkpoint = training_args.resume_from_checkpoint
+        if checkpoint is None and os.path.isdir(training_args.output_dir):
+            checkpoint = get_last_checkpoint(training_args.output_dir)
+            if checkpoint is not None:
+                logger.info(f"resuming from {checkpoint} (pass a fresh --output_dir to start over)")
+        train_result = trainer.train(resume_from_checkpoint=checkpoint)
+        trainer.save_model()
+        metrics = {**train_result.metrics, "train_samples": len(data.train)}
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        results.update(metrics)
+    metrics = {**trainer.evaluate(), "eval_samples": len(data.eval)}
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    results.update(metrics)
+    return results

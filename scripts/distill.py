@@ -1,0 +1,23 @@
+"""Distil a teacher into a student with any registered method.
+
+    accelerate launch scripts/distill.py --teacher_model_name_or_path teachers/resnet32x4 \
+        --model_name_or_path cifar_resnet8x4 --method mkcd --dataset_name uoft-cs/cifar100 \
+        --output_dir students/mkcd-resnet8x4
+    accelerate launch scripts/distill.py recipes/cifar100/resnet32x4_resnet8x4_mkcd.yaml [--flag value ...]
+
+Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe (METHODS.md 3.1). The output
+directory ends up holding the student (``AutoModelForImageClassification.from_pretrained`` after
+``import hf_mkcd``), its image processor, all_results.json, trainer_state.json and run_config.yaml.
+"""
+from hf_mkcd.data import DataArguments
+from hf_mkcd.run import ModelArguments, parse_args, run
+from hf_mkcd.trainer import DistillationTrainingArguments
+
+
+def main(argv=None):
+    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    return run(model_args, data_args, training_args)
+
+
+if __name__ == "__main__":
+    main()
