@@ -195,23 +195,51 @@ def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2
     return batch.mean((0, 2, 3)).tolist(), batch.std((0, 2, 3)).tolist()
 
 
+INDEX_COLUMN = "__index__"
+
+
+class ImageTransform:
+    """``set_transform`` callable: image -> normalised tensor at the model's size and channel count.
+
+    Training augmentation is a pure function of (seed, epoch, sample index): each sample draws from
+    its own seeded RNG, so a resumed run, any ``dataloader_num_workers`` and any world size see
+    exactly the same crops and flips (the global RNG is untouched). The trainer calls
+    :meth:`set_epoch` at each epoch start.
+    """
+
+    def __init__(self, image_column: str, label_column: str, channels: int, image_size: int, mean, std,
+                 train: bool, augmentation: str = "crop_flip", seed: int = 0):
+        from torchvision.transforms import v2
+
+        if augmentation not in ("crop_flip", "none"):
+            raise ValueError(f"unknown augmentation {augmentation!r}: crop_flip or none")
+        self.image_column, self.label_column, self.channels = image_column, label_column, channels
+        self.seed, self.epoch = seed, 0
+        self.resize = v2.Resize((image_size, image_size), antialias=True)
+        self.augment = v2.Compose([v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]) \
+            if train and augmentation == "crop_flip" else None
+        self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __call__(self, batch):
+        indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
+        pixels = []
+        for image, index in zip(batch[self.image_column], indices):
+            x = self.resize(to_channels(_to_tensor(image), self.channels))
+            if self.augment is not None:
+                with torch.random.fork_rng(devices=[]):
+                    if index is not None:
+                        torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
+                    x = self.augment(x)
+            pixels.append(self.normalize(x))
+        return {"pixel_values": pixels, "labels": batch[self.label_column]}
+
+
 def build_transform(image_column: str, label_column: str, channels: int, image_size: int, mean, std, train: bool,
-                    augmentation: str = "crop_flip"):
-    from torchvision.transforms import v2
-
-    ops = [v2.Resize((image_size, image_size), antialias=True)]
-    if train and augmentation == "crop_flip":
-        ops += [v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]
-    elif train and augmentation != "none":
-        raise ValueError(f"unknown augmentation {augmentation!r}: crop_flip or none")
-    ops += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))]
-    pipeline = v2.Compose(ops)
-
-    def transform(batch):
-        pixels = [pipeline(to_channels(_to_tensor(img), channels)) for img in batch[image_column]]
-        return {"pixel_values": pixels, "labels": batch[label_column]}
-
-    return transform
+                    augmentation: str = "crop_flip", seed: int = 0) -> ImageTransform:
+    return ImageTransform(image_column, label_column, channels, image_size, mean, std, train, augmentation, seed)
 
 
 @dataclass
@@ -254,7 +282,9 @@ def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=N
         known = KNOWN_STATS.get(args.dataset_name)
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
     names = train.features[label_column].names
-    train.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, True, args.augmentation))
+    train = train.add_column(INDEX_COLUMN, list(range(len(train))))
+    train.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, True,
+                                        args.augmentation, args.split_seed))
     evaluation.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, False))
     return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
                         source_channels, list(mean), list(std))

@@ -22,7 +22,7 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 
 from .distillers import build_temperature_schedule, get_distiller_class, list_distillers
 from .distillers.temperature import TEMPERATURE_SCHEDULES
@@ -136,6 +136,16 @@ class MultiStepSchedule:
         return warm * self.rate ** bisect.bisect_right(self.milestones, step)
 
 
+class AugmentationEpochCallback(TrainerCallback):
+    """Tell a dataset transform with ``set_epoch`` which epoch starts (deterministic augmentation)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def on_epoch_begin(self, args, state, control, **kwargs):
+        self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
+
+
 class DistillationTrainer(Trainer):
     """``Trainer(model=student, teacher_model=teacher, args=DistillationTrainingArguments(...), ...)``."""
 
@@ -163,6 +173,9 @@ class DistillationTrainer(Trainer):
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
         self.temperature_schedule = build_temperature_schedule(args.temperature_schedule, **args.temperature_kwargs())
+        transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+        if hasattr(transform, "set_epoch"):
+            self.add_callback(AugmentationEpochCallback(transform))
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self._last_temperature: Optional[float] = None

@@ -1,0 +1,168 @@
+"""DistillationTrainer through the Python API: what trains, what stays frozen, GA, resume, errors."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
+from transformers import AutoModelForImageClassification, TrainerCallback
+
+from hf_mkcd.trainer import DistillationTrainer, MultiStepSchedule
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data()
+
+
+def test_mkcd_few_steps_trains_exactly_the_student(data, tmp_path):
+    teacher = tiny_teacher()
+    teacher_before = copy.deepcopy(teacher.state_dict())
+    student = tiny_student(teacher, "mkcd", data)
+    student_before = copy.deepcopy(student.state_dict())
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, max_steps=3),
+                                  train_dataset=data.train, eval_dataset=data.eval)
+    # the optimizer holds the student's backbone and projector, nothing of the teacher or the frozen head
+    trainer.create_optimizer()
+    in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
+    assert in_opt == {id(p) for p in student.parameters()}
+    assert not in_opt & {id(p) for p in teacher.parameters()}
+    trainer.train()
+    for k, v in teacher.state_dict().items():  # weights and BN statistics untouched
+        assert torch.equal(v, teacher_before[k]), k
+    assert not teacher.training
+    after = student.state_dict()
+    assert torch.equal(after["classifier.weight"], teacher.fc.weight)  # frozen reused head
+    changed = {k.split(".")[0] for k, v in after.items() if v.is_floating_point() and not torch.equal(v, student_before[k])}
+    assert changed == {"backbone", "projector"}
+    logs = [entry for entry in trainer.state.log_history if "loss" in entry]
+    assert len(logs) == 3
+    for entry in logs:
+        assert {"loss_feat", "loss_kd", "loss_ce", "temperature"} <= set(entry)
+        assert entry["loss"] == pytest.approx(entry["loss_feat"] + entry["loss_kd"] + entry["loss_ce"], rel=1e-4)
+    metrics = trainer.evaluate()
+    assert {"eval_top1", "eval_top5", "eval_accuracy"} <= set(metrics)
+    trainer.save_model(str(tmp_path / "final"))
+    files = set(os.listdir(tmp_path / "final"))
+    assert "model.safetensors" in files and "distiller.safetensors" not in files  # mkcd keeps no extra state
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "final").eval()
+    student.eval()
+    x = data.eval[0]["pixel_values"][None]
+    for k, v in student.state_dict().items():  # bit-identical weights and buffers
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    with torch.no_grad():  # CPU kernels may pick another summation order for a trained instance (~1e-8)
+        torch.testing.assert_close(loaded(x).logits, student(x).logits, rtol=1e-6, atol=1e-6)
+
+
+def _no_bn(model):
+    """Replace BatchNorm by identity: batch statistics would make GA and one big batch differ by design."""
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, torch.nn.BatchNorm2d):
+                setattr(module, child_name, torch.nn.Identity())
+    return model
+
+
+@pytest.mark.parametrize("method", ["kd", "mkcd"])
+def test_gradient_accumulation_equals_one_large_batch(data, tmp_path, method):
+    teacher = tiny_teacher()
+    plain = tiny_data(augmentation="none")
+    params = []
+    for bs, ga in ((16, 1), (8, 2)):
+        student = _no_bn(tiny_student(teacher, method, plain))
+        args = tiny_args(tmp_path / f"{bs}x{ga}", method=method, max_steps=1, per_device_train_batch_size=bs,
+                         gradient_accumulation_steps=ga, optim_args="momentum=0.0", weight_decay=0.0,
+                         lr_scheduler_type="constant", max_grad_norm=0.0, learning_rate=0.5)
+        DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=plain.train).train()
+        params.append({k: v.clone() for k, v in student.named_parameters()})
+    for k in params[0]:
+        torch.testing.assert_close(params[0][k], params[1][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+class StopAt(TrainerCallback):
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True
+
+
+def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
+    teacher = tiny_teacher()
+    schedule = dict(temperature_schedule="linear_falling", max_steps=6, save_strategy="steps", save_steps=3,
+                    save_total_limit=None)
+    straight = tiny_student(teacher, "mkcd", data)
+    DistillationTrainer(model=straight, teacher_model=teacher, args=tiny_args(tmp_path / "a", **schedule),
+                        train_dataset=data.train).train()
+    interrupted = tiny_student(teacher, "mkcd", data)
+    DistillationTrainer(model=interrupted, teacher_model=teacher, args=tiny_args(tmp_path / "b", **schedule),
+                        train_dataset=data.train, callbacks=[StopAt(3)]).train()
+    assert os.path.isdir(tmp_path / "b" / "checkpoint-3")
+    fresh = tiny_student(teacher, "mkcd", data, seed=123)  # different init: everything must come from the checkpoint
+    trainer = DistillationTrainer(model=fresh, teacher_model=teacher, args=tiny_args(tmp_path / "b", **schedule),
+                                  train_dataset=data.train)
+    trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
+    for k, v in straight.state_dict().items():
+        assert torch.equal(v, fresh.state_dict()[k]), k
+    temps = [e["temperature"] for e in trainer.state.log_history if "temperature" in e]
+    # restored history (steps 1-3) + resumed steps: the schedule follows global_step / max_steps throughout
+    assert temps == pytest.approx([8.0 - 7.0 * s / 6 for s in range(6)])
+
+
+def test_nan_loss_stops_with_step_and_terms(data, tmp_path):
+    teacher = tiny_teacher()
+    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
+                                  args=tiny_args(tmp_path, method="kd", kd_weight=float("nan")), train_dataset=data.train)
+    with pytest.raises(FloatingPointError, match="non-finite loss at step 0.*loss_kd.*nan"):
+        trainer.train()
+
+
+def test_refused_before_training(data, tmp_path):
+    teacher = tiny_teacher()
+    with pytest.raises(ValueError, match="method 'mkcd' trains a student with projector='mkcd'.*from_teacher"):
+        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
+                            args=tiny_args(tmp_path, method="mkcd"), train_dataset=data.train)
+    with pytest.raises(ValueError, match="needs a teacher"):
+        DistillationTrainer(model=tiny_student(teacher, "kd", data), args=tiny_args(tmp_path, method="kd"),
+                            train_dataset=data.train)
+    with pytest.raises(ValueError, match="class-count mismatch"):
+        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=tiny_teacher(num_classes=7),
+                            args=tiny_args(tmp_path, method="kd"), train_dataset=data.train)
+    other = tiny_teacher()
+    other.reset_classifier(10)
+    wide = __import__("timm").create_model("cifar_wrn_16_2", in_chans=1, num_classes=10).eval()
+    with pytest.raises(ValueError, match="feature-shape mismatch"):
+        DistillationTrainer(model=tiny_student(teacher, "mkcd", data), teacher_model=wide,
+                            args=tiny_args(tmp_path), train_dataset=data.train)
+    with pytest.raises(ValueError, match="unknown method"):
+        tiny_args(tmp_path, method="fitnett")
+    with pytest.raises(ValueError, match="has no \\['feat_weight'\\]"):
+        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
+                            args=tiny_args(tmp_path, method="kd", feat_weight=1.0), train_dataset=data.train)
+
+
+def test_multistep_lr_schedule(data, tmp_path):
+    sched = MultiStepSchedule([4, 8], 0.1)
+    assert [sched(s) for s in (0, 3, 4, 7, 8, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    teacher = tiny_teacher()
+    args = tiny_args(tmp_path, method="kd", max_steps=-1, num_train_epochs=3, lr_decay_epochs=[1, 2], learning_rate=0.1)
+    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args,
+                                  train_dataset=data.train)
+    trainer.train()
+    lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    assert lrs == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 4)  # 64 samples / 16 = 4 steps per epoch
+    state = json.loads((tmp_path / "trainer_state.json").read_text()) if (tmp_path / "trainer_state.json").exists() else None
+    assert state is None or state["global_step"] == 12
+
+
+def test_augmentation_is_a_function_of_seed_epoch_and_index(data):
+    transform = data.train.format["format_kwargs"]["transform"]
+    first = data.train[5]["pixel_values"]
+    torch.manual_seed(1234)  # the global RNG does not matter
+    assert torch.equal(data.train[5]["pixel_values"], first)
+    transform.set_epoch(1)
+    assert not torch.equal(data.train[5]["pixel_values"], first)  # a new epoch draws new crops/flips
+    transform.set_epoch(0)
+    assert torch.equal(data.train[5]["pixel_values"], first)
