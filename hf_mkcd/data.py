@@ -208,31 +208,40 @@ class ImageTransform:
     """
 
     def __init__(self, image_column: str, label_column: str, channels: int, image_size: int, mean, std,
-                 train: bool, augmentation: str = "crop_flip", seed: int = 0):
+                 train: bool, augmentation: str = "crop_flip", seed: int = 0, padding: int = 4):
         from torchvision.transforms import v2
 
         if augmentation not in ("crop_flip", "none"):
             raise ValueError(f"unknown augmentation {augmentation!r}: crop_flip or none")
         self.image_column, self.label_column, self.channels = image_column, label_column, channels
-        self.seed, self.epoch = seed, 0
+        self.seed, self.epoch, self.padding = seed, 0, padding
+        self.augment = train and augmentation == "crop_flip"
         self.resize = v2.Resize((image_size, image_size), antialias=True)
-        self.augment = v2.Compose([v2.RandomCrop(image_size, padding=4), v2.RandomHorizontalFlip()]) \
-            if train and augmentation == "crop_flip" else None
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """RandomCrop(size, padding=4, fill 0) + RandomHorizontalFlip(0.5), drawn from ``generator``."""
+        p, (h, w) = self.padding, x.shape[-2:]
+        x = torch.nn.functional.pad(x, (p, p, p, p))
+        i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
+        x = x[:, i:i + h, j:j + w]
+        return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
+
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
         pixels = []
+        generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
             x = self.resize(to_channels(_to_tensor(image), self.channels))
-            if self.augment is not None:
-                with torch.random.fork_rng(devices=[]):
-                    if index is not None:
-                        torch.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
-                    x = self.augment(x)
+            if self.augment:
+                if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
+                    generator.seed()
+                else:
+                    generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
+                x = self.crop_flip(x, generator)
             pixels.append(self.normalize(x))
         return {"pixel_values": pixels, "labels": batch[self.label_column]}
 

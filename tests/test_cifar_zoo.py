@@ -135,3 +135,16 @@ def test_resnet_preact_is_pre_relu():
     for a, b in zip(post[1:], pre[1:]):
         torch.testing.assert_close(a, torch.relu(b))
         assert (b < 0).any()
+
+
+def test_reference_initialisation():
+    torch.manual_seed(0)
+    wrn = timm.create_model("cifar_wrn_40_2")
+    conv = wrn.block3.layer[0].conv1  # 3x3, 128 output channels
+    assert conv.weight.std().item() == pytest.approx((2 / (9 * 128)) ** 0.5, rel=0.05)
+    assert torch.equal(wrn.bn1.weight, torch.ones(128)) and torch.equal(wrn.fc.bias, torch.zeros(100))
+    vgg = timm.create_model("cifar_vgg13")
+    assert vgg.classifier.weight.std().item() == pytest.approx(0.01, rel=0.05)
+    assert torch.equal(vgg.block0[0].bias, torch.zeros(64))
+    resnet = timm.create_model("cifar_resnet8x4")  # kaiming normal, fan_out
+    assert resnet.layer3[0].conv1.weight.std().item() == pytest.approx((2 / (9 * 256)) ** 0.5, rel=0.05)

@@ -13,6 +13,7 @@ This file is also shipped inside every saved student (remote code), so it only i
 """
 from __future__ import annotations
 
+import math
 import sys
 from typing import Callable, List, Optional, Tuple, Union
 
@@ -53,6 +54,30 @@ def bn_no_update(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
     if bn.training:
         return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
     return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+
+
+def init_reference_weights(model: nn.Module, linear_std: Optional[float] = None) -> None:
+    """RepDistiller's init of WRN / VGG / MobileNetV2: conv ~ N(0, sqrt(2 / (k*k*C_out))), conv bias 0,
+    BN (1, 0), Linear bias 0 and, with ``linear_std``, Linear weight ~ N(0, linear_std)."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            if linear_std is not None:
+                m.weight.data.normal_(0, linear_std)
+            nn.init.zeros_(m.bias)
+
+
+def run_stage(stage: nn.Sequential, x: torch.Tensor):
+    """Run a stage whose last block has ``forward_preact``: ``(output, pre-activation of the last block)``."""
+    for block in stage[:-1]:
+        x = block(x)
+    return stage[-1].forward_preact(x)
 
 
 class CifarNet(nn.Module):

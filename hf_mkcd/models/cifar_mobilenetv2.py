@@ -6,12 +6,10 @@ stage's pre-activation map is its output.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 
-from .cifar_common import CifarNet, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, init_reference_weights, cifar_cfg, register_cifar_model
 
 
 def _conv_bn_relu(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Sequential:
@@ -66,15 +64,7 @@ class CifarMobileNetV2(CifarNet):
             dict(num_chs=widths[e], reduction=r, module=f"blocks.{e}") for e, r in zip(self.STAGE_ENDS, reductions)
         ]
         self._finish(num_classes, last_channel, feature_info, global_pool)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_reference_weights(self, linear_std=0.01)
 
     def forward_stem(self, x):
         return self.conv1(x)

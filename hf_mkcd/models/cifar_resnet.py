@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cifar_common import CifarNet, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, cifar_cfg, register_cifar_model, run_stage
 
 
 class BasicBlock(nn.Module):
@@ -108,10 +108,7 @@ class CifarResNet(CifarNet):
         return F.relu(self.bn1(self.conv1(x)))
 
     def forward_stage(self, i, x, preact=False):
-        stage = getattr(self, f"layer{i}")
-        for block in stage[:-1]:
-            x = block(x)
-        return stage[-1].forward_preact(x)
+        return run_stage(getattr(self, f"layer{i}"), x)
 
 
 _RESNETS = {

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cifar_common import CifarNet, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, cifar_cfg, register_cifar_model, run_stage
 
 
 def channel_shuffle(x: torch.Tensor, groups: int) -> torch.Tensor:
@@ -123,10 +123,7 @@ class CifarShuffleNet(CifarNet):
         return F.relu(self.bn1(self.conv1(x)))
 
     def forward_stage(self, i, x, preact=False):
-        stage = getattr(self, f"layer{i}")
-        for block in stage[:-1]:
-            x = block(x)
-        return stage[-1].forward_preact(x)
+        return run_stage(getattr(self, f"layer{i}"), x)
 
     def forward_prepool(self, x):
         return F.relu(self.bn2(self.conv2(x))) if self.version == 2 else x

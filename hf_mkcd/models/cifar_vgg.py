@@ -5,12 +5,10 @@ reference), so at 32x32 blocks 3 and 4 both run at 4x4. The pre-pool map is relu
 """
 from __future__ import annotations
 
-import math
-
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cifar_common import CifarNet, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, init_reference_weights, cifar_cfg, register_cifar_model
 
 VGG_CFGS = {
     "S": [[64], [128], [256], [512], [512]],
@@ -40,16 +38,7 @@ class CifarVGG(CifarNet):
         self.pool = nn.MaxPool2d(2, 2)
         feature_info = [dict(num_chs=w[-1], reduction=min(2 ** i, 8), module=f"block{i}") for i, w in enumerate(widths)]
         self._finish(num_classes, widths[-1][-1], feature_info, global_pool)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                m.weight.data.normal_(0, 0.01)
-                nn.init.zeros_(m.bias)
+        init_reference_weights(self, linear_std=0.01)
 
     def forward_stem(self, x):
         self._input_h = x.shape[2]

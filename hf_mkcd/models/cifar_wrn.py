@@ -5,13 +5,11 @@ Pre-activation blocks: a stage's output is *before* BN-ReLU, so the map the clas
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cifar_common import CifarNet, bn_no_update, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, init_reference_weights, bn_no_update, cifar_cfg, register_cifar_model
 
 
 class WideBasic(nn.Module):
@@ -60,14 +58,7 @@ class CifarWideResNet(CifarNet):
             dict(num_chs=ch[i], reduction=2 ** (i - 1), module=f"block{i}") for i in (1, 2, 3)
         ]
         self._finish(num_classes, ch[3], feature_info, global_pool)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                m.weight.data.normal_(0, math.sqrt(2.0 / (m.kernel_size[0] * m.kernel_size[1] * m.out_channels)))
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Linear):
-                nn.init.zeros_(m.bias)
+        init_reference_weights(self)
 
     def forward_stem(self, x):
         return self.conv1(x)

@@ -1,0 +1,31 @@
+"""Run under torchrun by test_ddp.py: 3 distillation steps, then check every rank holds the same student."""
+import os
+import sys
+
+import torch
+import torch.distributed as dist
+
+sys.path.insert(0, os.path.dirname(__file__))
+from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher  # noqa: E402
+
+from hf_mkcd.trainer import DistillationTrainer  # noqa: E402
+
+
+def main(output_dir, use_cpu):
+    data = tiny_data()
+    teacher = tiny_teacher()
+    student = tiny_student(teacher, "mkcd", data)
+    args = tiny_args(output_dir, max_steps=3, per_device_train_batch_size=8, use_cpu=use_cpu == "1",
+                     save_strategy="steps", save_steps=3)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
+    trainer.train()
+    checksum = sum(float(p.double().sum()) for p in student.parameters())
+    sums = [None] * dist.get_world_size()
+    dist.all_gather_object(sums, checksum)
+    if dist.get_rank() == 0:
+        assert len(set(sums)) == 1, sums
+        print(f"DDP_OK world={dist.get_world_size()} wrapper={type(trainer.model_wrapped).__name__} sums={sums}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])

@@ -1,0 +1,101 @@
+"""scripts/distill.py and scripts/train_teacher.py end to end (tiny), recipes, config precedence."""
+import glob
+import json
+import os
+import sys
+
+import pytest
+import torch
+import yaml
+from conftest import tiny_teacher
+from transformers import AutoModelForImageClassification
+
+from hf_mkcd import MKCDStudentForImageClassification, load_teacher
+from hf_mkcd.data import DataArguments
+from hf_mkcd.run import ModelArguments, parse_args
+from hf_mkcd.trainer import DistillationTrainingArguments
+
+ROOT = os.path.dirname(os.path.dirname(__file__))
+sys.path.insert(0, os.path.join(ROOT, "scripts"))
+import distill  # noqa: E402
+import train_teacher  # noqa: E402
+
+ARGS = (ModelArguments, DataArguments, DistillationTrainingArguments)
+TINY = ["--dataset_name", "digits", "--image_size", "16", "--max_train_samples", "48", "--max_eval_samples", "32",
+        "--max_steps", "2", "--per_device_train_batch_size", "16", "--use_cpu", "true", "--save_strategy", "no",
+        "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
+
+
+@pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(ROOT, "recipes", "cifar100", "*.yaml"))))
+def test_every_recipe_parses(recipe):
+    model_args, data_args, args = parse_args(ARGS, [recipe])
+    assert data_args.dataset_name == "uoft-cs/cifar100" and args.num_train_epochs == 240
+    assert args.lr_decay_epochs == [150, 180, 210] and args.optim_args == "momentum=0.9"
+    light = any(s in model_args.model_name_or_path for s in ("mobilenetv2", "shufflev"))
+    assert args.learning_rate == (0.01 if light else 0.05)
+    if args.method != "none":
+        assert model_args.teacher_checkpoint.endswith("_vanilla/ckpt_epoch_240.pth")
+
+
+def test_yaml_then_cli_precedence_and_unknown_keys(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(yaml.safe_dump({"method": "kd", "learning_rate": 0.1, "temperature": 3.0, "output_dir": "x"}))
+    _, _, args = parse_args(ARGS, [str(recipe), "--learning_rate", "0.02"])
+    assert (args.method, args.learning_rate, args.temperature) == ("kd", 0.02, 3.0)
+    recipe.write_text(yaml.safe_dump({"method": "kd", "temprature": 3.0, "output_dir": "x"}))
+    with pytest.raises(ValueError, match="temprature"):
+        parse_args(ARGS, [str(recipe)])
+    with pytest.raises(ValueError, match="unknown method 'kdd'.*Valid methods"):
+        parse_args(ARGS, ["--output_dir", "x", "--method", "kdd"])
+
+
+@pytest.fixture(scope="module")
+def teacher_dir(tmp_path_factory):
+    """A teacher trained by scripts/train_teacher.py for 2 steps on real (tiny) data."""
+    out = tmp_path_factory.mktemp("teacher")
+    train_teacher.main(["--model_name_or_path", "cifar_resnet20", "--output_dir", str(out), *TINY])
+    return out
+
+
+def test_train_teacher_output_is_a_model_and_a_teacher(teacher_dir):
+    files = set(os.listdir(teacher_dir))
+    assert {"model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "trainer_state.json",
+            "run_config.yaml"} <= files
+    teacher = load_teacher(str(teacher_dir), num_classes=10)
+    assert teacher.pretrained_cfg["input_size"] == (1, 16, 16)  # digits are grayscale: a 1-channel model
+    assert AutoModelForImageClassification.from_pretrained(teacher_dir).config.num_labels == 10
+
+
+@pytest.mark.parametrize("method", ["mkcd", "kd", "simkd"])
+def test_distill_script_end_to_end(teacher_dir, tmp_path, method):
+    out = tmp_path / method
+    distill.main(["--teacher_model_name_or_path", str(teacher_dir), "--model_name_or_path", "cifar_resnet8x4",
+                  "--method", method, "--output_dir", str(out), *TINY])
+    results = json.loads((out / "all_results.json").read_text())
+    assert {"eval_top1", "eval_top5", "train_loss"} <= set(results)
+    state = json.loads((out / "trainer_state.json").read_text())
+    assert state["global_step"] == 2
+    logged = [e for e in state["log_history"] if "loss" in e]
+    assert logged and all(k.startswith("loss") for k in logged[0] if k.startswith("loss"))
+    student = AutoModelForImageClassification.from_pretrained(out)
+    assert isinstance(student, MKCDStudentForImageClassification)
+    assert student.config.head == ("student" if method == "kd" else "teacher")
+    assert student.config.teacher == str(teacher_dir)
+    assert yaml.safe_load((out / "run_config.yaml").read_text())["method"] == method
+    with torch.no_grad():
+        assert student(pixel_values=torch.randn(2, 1, 16, 16)).logits.shape == (2, 10)
+
+
+def test_distill_refuses_before_training(teacher_dir, tmp_path):
+    seven = MKCDStudentForImageClassification.from_teacher(tiny_teacher(num_classes=7), "cifar_resnet20",
+                                                            projector=None, head="student")
+    seven.save_pretrained(tmp_path / "seven")
+    with pytest.raises(ValueError, match="class-count mismatch.*7 classes.*has 10"):
+        distill.main(["--teacher_model_name_or_path", str(tmp_path / "seven"), "--output_dir", str(tmp_path / "o"),
+                      "--model_name_or_path", "cifar_resnet20", *TINY])
+    with pytest.raises(ValueError, match="needs --teacher_model_name_or_path"):
+        distill.main(["--output_dir", str(tmp_path / "o"), "--method", "kd", *TINY])
+    with pytest.raises(ValueError, match="Unknown timm architecture 'cifar_resnet9'"):
+        distill.main(["--teacher_model_name_or_path", str(teacher_dir), "--model_name_or_path", "cifar_resnet9",
+                      "--output_dir", str(tmp_path / "o"), *TINY])
+    assert not (tmp_path / "o" / "model.safetensors").exists()
