@@ -14,10 +14,11 @@
 from __future__ import annotations
 
 import bisect
+import json
 import math
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -27,6 +28,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments
 from .distillers import build_temperature_schedule, get_distiller_class, list_distillers
 from .distillers.temperature import TEMPERATURE_SCHEDULES
 from .evaluation import compute_metrics as default_compute_metrics
+from .features import student_outputs, teacher_outputs
 from .models.modeling_mkcd_student import (MKCDStudentForImageClassification, first_conv_in_channels, match_channels,
                                            teacher_linear_head)
 
@@ -55,6 +57,7 @@ class DistillationTrainingArguments(TrainingArguments):
     ce_weight: Optional[float] = field(default=None, metadata={"help": "Cross-entropy weight (method default if unset)."})
     kd_weight: Optional[float] = field(default=None, metadata={"help": "Logit-distillation weight (method default if unset)."})
     feat_weight: Optional[float] = field(default=None, metadata={"help": "Feature-loss weight (method default if unset)."})
+    distiller_kwargs: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
     lr_decay_epochs: Optional[List[int]] = field(
         default_factory=lambda: [150, 180, 210],
         metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs (0 disables; also off when "
@@ -79,6 +82,8 @@ class DistillationTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         get_distiller_class(self.method)  # unknown method -> the valid ones are listed
+        if isinstance(self.distiller_kwargs, str):
+            self.distiller_kwargs = json.loads(self.distiller_kwargs)
         build_temperature_schedule(self.temperature_schedule, **self.temperature_kwargs())
         if self.lr_decay_epochs is not None:
             self.lr_decay_epochs = [int(e) for e in self.lr_decay_epochs if int(e) > 0] or None
@@ -92,7 +97,9 @@ class DistillationTrainingArguments(TrainingArguments):
         return dict(temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max)
 
     def loss_weights(self) -> dict:
-        return {k: getattr(self, k) for k in ("ce_weight", "kd_weight", "feat_weight") if getattr(self, k) is not None}
+        """The method's hyper-parameters set here: loss-weight flags + ``distiller_kwargs``."""
+        weights = {k: getattr(self, k) for k in ("ce_weight", "kd_weight", "feat_weight") if getattr(self, k) is not None}
+        return {**weights, **(self.distiller_kwargs or {})}
 
 
 class DistillationModule(nn.Module):
@@ -108,21 +115,21 @@ class DistillationModule(nn.Module):
         self.distiller = distiller
         self.config = student.config
 
-    def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0):
+    def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0,
+                epoch: float = 0.0):
         distilling = teacher_outputs is not None or not self.distiller.needs_teacher
         needs = self.distiller.student_needs if (distilling and labels is not None) else {"logits"}
-        out = self.student(pixel_values=pixel_values, output_features=bool(needs & {"features", "projected"}))
-        student = {"logits": out.logits, "features": out.features, "projected": out.projected_features}
+        student = student_outputs(self.student, pixel_values, needs)
         if labels is None:
-            return {"logits": out.logits}
+            return {"logits": student["logits"]}
         if not distilling:  # evaluation: the student's own cross-entropy
-            return {"loss": nn.functional.cross_entropy(out.logits.float(), labels), "logits": out.logits}
+            return {"loss": nn.functional.cross_entropy(student["logits"].float(), labels), "logits": student["logits"]}
         teacher = dict(teacher_outputs or {})
         if "features" in teacher:
             proj = self.student.projector
             teacher["features_aligned"] = proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
-        terms = self.distiller(student, teacher, labels, temperature=temperature, progress=progress)
-        return {"loss": sum(terms.values()), "logits": out.logits, "terms": terms}
+        terms = self.distiller(student, teacher, labels, temperature=temperature, progress=progress, epoch=epoch)
+        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms}
 
 
 class MultiStepSchedule:
@@ -187,7 +194,7 @@ class DistillationTrainer(Trainer):
         weights = args.loss_weights()
         unused = set(weights) - set(cls.defaults)
         if unused:
-            raise ValueError(f"method {args.method!r} has no {sorted(unused)}; its weights are {sorted(cls.defaults)}")
+            raise ValueError(f"method {args.method!r} has no {sorted(unused)}; its hyper-parameters are {cls.defaults}")
         return weights
 
     @staticmethod
@@ -237,13 +244,9 @@ class DistillationTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).student
 
     def _teacher_outputs(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
-        needs = self.distiller.teacher_needs
         with torch.no_grad(), self.accelerator.autocast():
-            features = self.teacher.forward_features(match_channels(pixel_values, self._teacher_in_chans))
-            out = {"features": features} if "features" in needs else {}
-            if "logits" in needs:
-                out["logits"] = self.teacher.forward_head(features)
-        return out
+            return teacher_outputs(self.teacher, match_channels(pixel_values, self._teacher_in_chans),
+                                   self.distiller.teacher_needs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
@@ -252,7 +255,7 @@ class DistillationTrainer(Trainer):
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
         temperature = self.temperature_schedule(progress) if self.distiller.uses_temperature else None
         out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
-                    temperature=temperature, progress=progress)
+                    temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0))
         loss = out.get("loss")
         if training:
             terms = out["terms"]

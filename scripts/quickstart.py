@@ -1,5 +1,5 @@
-"""The offline quick-start: train a small teacher on Fashion-MNIST, then three students with the same
-budget -- vanilla (no teacher), KD and MKCD -- and print their accuracy side by side.
+"""The offline quick-start: train a teacher on 20k Fashion-MNIST images, then three students on 4k images --
+vanilla (no teacher), KD and MKCD, same budget -- and print their accuracy side by side.
 
     python scripts/quickstart.py [--output_dir runs/quickstart] [--student_train_samples 10000] ...
 
@@ -21,10 +21,10 @@ def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default="runs/quickstart")
     p.add_argument("--dataset_name", default="fashion_mnist")
-    p.add_argument("--teacher", default="cifar_resnet56")
+    p.add_argument("--teacher", default="cifar_wrn_16_2")
     p.add_argument("--student", default="cifar_resnet20")
-    p.add_argument("--teacher_train_samples", type=int, default=12000)
-    p.add_argument("--student_train_samples", type=int, default=8000)
+    p.add_argument("--teacher_train_samples", type=int, default=20000)
+    p.add_argument("--student_train_samples", type=int, default=4000)
     p.add_argument("--eval_samples", type=int, default=5000)
     p.add_argument("--epochs", type=float, default=2)
     p.add_argument("--image_size", type=int, default=28)

@@ -77,8 +77,9 @@ def test_temperature_schedules(name, expected):
 
 
 def test_bad_names_list_the_valid_ones():
-    with pytest.raises(ValueError, match="unknown method 'mkdc'.*Did you mean mkcd.*Valid methods: kd, mkcd, none, simkd"):
+    with pytest.raises(ValueError, match="unknown method 'mkdc'.*Did you mean mkcd") as err:
         get_distiller_class("mkdc")
+    assert str(err.value).endswith("Valid methods: " + ", ".join(list_distillers()))
     with pytest.raises(ValueError, match="unknown temperature schedule 'warm'.*constant"):
         build_temperature_schedule("warm")
     with pytest.raises(ValueError, match="has no hyper-parameters \\['feat_weight'\\]"):

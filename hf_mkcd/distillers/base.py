@@ -68,8 +68,34 @@ class Distiller(nn.Module):
         return bool(self.teacher_needs)
 
     def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], labels: torch.Tensor,
-                temperature: Optional[float] = None, progress: float = 0.0) -> Dict[str, torch.Tensor]:
+                temperature: Optional[float] = None, progress: float = 0.0, epoch: float = 0.0) -> Dict[str, torch.Tensor]:
+        """Named, weighted loss terms. ``progress`` = global_step / max_steps, ``epoch`` = fractional epoch."""
         raise NotImplementedError
+
+    @staticmethod
+    @torch.no_grad()
+    def probe(student, teacher, needs_student, needs_teacher):
+        """Shapes of what the method reads, from one dummy batch at the student's input size: used to
+        size the method's own modules (regressors, connectors) before training."""
+        from ..features import student_outputs, teacher_outputs
+        from ..models.modeling_mkcd_student import first_conv_in_channels
+
+        cfg = student.config
+        x = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size, device=next(student.parameters()).device)
+        modes = (student.training, teacher.training)
+        student.eval(), teacher.eval()
+        try:
+            s = student_outputs(student, x, needs_student)
+            t_in = torch.zeros(2, first_conv_in_channels(teacher), cfg.image_size, cfg.image_size,
+                               device=next(teacher.parameters()).device)
+            t = teacher_outputs(teacher, t_in, needs_teacher)
+        finally:
+            student.train(modes[0]), teacher.train(modes[1])
+
+        def shapes(d):
+            return {k: ([tuple(x.shape[1:]) for x in v] if isinstance(v, list) else tuple(v.shape[1:])) for k, v in d.items()}
+
+        return shapes(s), shapes(t)
 
     @staticmethod
     def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -22,7 +22,7 @@ class MKCD(Distiller):
     uses_temperature = True
     defaults = {"feat_weight": 1.0, "kd_weight": 1.0, "ce_weight": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0):
+    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
         terms = {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
         if self.hparams["kd_weight"]:
             terms["loss_kd"] = self.hparams["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)

@@ -162,6 +162,16 @@ class CifarNet(nn.Module):
             return intermediates
         return self.forward_prepool(x), intermediates
 
+    def forward_stage_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
+        """One pass: (pre-pool map, stage maps, pre-activation stage maps), stem included in both lists."""
+        x = self.forward_stem(x)
+        post, pre = [x], [x]
+        for i in range(1, self.num_stages + 1):
+            x, p = self.forward_stage(i, x, True)
+            post.append(x)
+            pre.append(p)
+        return self.forward_prepool(x), post, pre
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_head(self.forward_features(x))
 

@@ -164,10 +164,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
     ) -> Union[DistilledImageClassifierOutput, tuple]:
         features = self.backbone.forward_features(match_channels(pixel_values, self.config.num_channels))
         projected = self.projector(features) if self.projector is not None else None
-        if self.classifier is not None:
-            logits = self.classifier(self.head_pool(projected if projected is not None else features))
-        else:
-            logits = self.backbone.forward_head(features)
+        logits = self.logits_from(features, projected)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         out = DistilledImageClassifierOutput(
             loss=loss, logits=logits,
@@ -175,6 +172,12 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             projected_features=projected if output_features else None,
         )
         return out if return_dict is not False else out.to_tuple()
+
+    def logits_from(self, features: torch.Tensor, projected: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Logits from the backbone's pre-pool map (and its projection, when the head is the teacher's)."""
+        if self.classifier is not None:
+            return self.classifier(self.head_pool(projected if projected is not None else features))
+        return self.backbone.forward_head(features)
 
     # -- building from a teacher ----------------------------------------------------------------
     @classmethod

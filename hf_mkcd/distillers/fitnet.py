@@ -1,0 +1,34 @@
+"""``fitnet``: Romero et al., "FitNets: Hints for Thin Deep Nets" (ICLR 2015), as mdistiller ``FitNet.py``.
+
+One stage map (the hint layer, index 2 = end of stage 2 with the stem at 0, 16x16 for CIFAR ResNets)
+goes through a ConvReg regressor to the teacher's map at the same index:
+    L = CE + 100 * MSE(reg(F_s^h), F_t^h)     (one stage: regressor and student train together).
+"""
+from .base import Distiller, register_distiller
+from .losses import feature_mse
+from ..models.projectors import ConvRegressor
+
+
+@register_distiller("fitnet")
+class FitNet(Distiller):
+    student_needs = frozenset({"logits", "stages"})
+    teacher_needs = frozenset({"stages"})
+    defaults = {"ce_weight": 1.0, "feat_weight": 100.0, "hint_layer": 2}
+
+    def __init__(self, student=None, teacher=None, **hparams):
+        super().__init__(student, teacher, **hparams)
+        self.hint = int(self.hparams["hint_layer"])
+        if student is not None and teacher is not None:
+            s, t = self.probe(student, teacher, self.student_needs, self.teacher_needs)
+            for who, stages in (("student", s["stages"]), ("teacher", t["stages"])):
+                if not -len(stages) <= self.hint < len(stages):
+                    raise ValueError(f"fitnet: hint_layer {self.hint} out of range for the {who}'s {len(stages)} stage maps")
+            self.regressor = ConvRegressor(s["stages"][self.hint], t["stages"][self.hint])
+
+    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+        h = self.hparams
+        hint = self.regressor(student["stages"][self.hint])
+        return {
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_feat": h["feat_weight"] * feature_mse(hint, teacher["stages"][self.hint]),
+        }

@@ -1,0 +1,141 @@
+"""The distiller zoo: each loss against an independent numpy computation; every method trains 3 steps."""
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
+
+from hf_mkcd.distillers import get_distiller_class, list_distillers
+from hf_mkcd.distillers.at import at_loss
+from hf_mkcd.distillers.dist import dist_loss
+from hf_mkcd.distillers.dkd import dkd_loss
+from hf_mkcd.distillers.rkd import rkd_angle_loss, rkd_distance_loss
+from hf_mkcd.distillers.sp import sp_loss
+from hf_mkcd.trainer import DistillationTrainer
+
+RNG = np.random.default_rng(0)
+
+
+def softmax(z, t=1.0):
+    e = np.exp(z / t - (z / t).max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def kl(p, q):
+    return float(np.sum(p * np.log(p / q)))
+
+
+def test_dkd_by_hand():
+    s, t = RNG.normal(size=(3, 4)), RNG.normal(size=(3, 4))
+    y = np.array([0, 2, 3])
+    T, alpha, beta = 2.0, 1.0, 8.0
+    ps, pt = softmax(s, T), softmax(t, T)
+    tckd = nckd = 0.0
+    for i in range(3):
+        bs = np.array([ps[i, y[i]], 1 - ps[i, y[i]]])
+        bt = np.array([pt[i, y[i]], 1 - pt[i, y[i]]])
+        tckd += kl(bt, bs)
+        keep = np.arange(4) != y[i]
+        qs, qt = softmax(s[i:i + 1, keep], T)[0], softmax(t[i:i + 1, keep], T)[0]
+        nckd += kl(qt, qs)
+    expected = T ** 2 * (alpha * tckd + beta * nckd) / 3
+    got = dkd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, beta, T)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dkd_warmup_scales_the_kd_term():
+    dkd = get_distiller_class("dkd")()
+    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
+    full = dkd({"logits": s}, {"logits": t}, y, temperature=4.0, epoch=25.0)["loss_kd"]
+    half = dkd({"logits": s}, {"logits": t}, y, temperature=4.0, epoch=10.0)["loss_kd"]
+    assert half.item() == pytest.approx(0.5 * full.item(), rel=1e-6)
+
+
+def test_dist_by_hand():
+    s, t = RNG.normal(size=(5, 4)), RNG.normal(size=(5, 4))
+    T = 4.0
+    ys, yt = softmax(s, T), softmax(t, T)
+    inter = np.mean([np.corrcoef(ys[i], yt[i])[0, 1] for i in range(5)])
+    intra = np.mean([np.corrcoef(ys[:, j], yt[:, j])[0, 1] for j in range(4)])
+    expected = T ** 2 * (1 - inter) + T ** 2 * (1 - intra)
+    assert dist_loss(torch.tensor(s), torch.tensor(t), 1.0, 1.0, T).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_at_by_hand():
+    fs = [RNG.normal(size=(2, 3, 4, 4)), RNG.normal(size=(2, 5, 2, 2))]
+    ft = [RNG.normal(size=(2, 6, 4, 4)), RNG.normal(size=(2, 7, 4, 4))]  # second pair: teacher map is larger
+
+    def q(f):
+        a = (f ** 2).mean(1).reshape(len(f), -1)
+        return a / np.linalg.norm(a, axis=1, keepdims=True)
+
+    pooled = ft[1].reshape(2, 7, 2, 2, 2, 2).mean((3, 5))  # 4x4 -> 2x2 average pooling
+    expected = np.mean((q(fs[0]) - q(ft[0])) ** 2) + np.mean((q(fs[1]) - q(pooled)) ** 2)
+    got = at_loss([torch.tensor(f) for f in fs], [torch.tensor(f) for f in ft])
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sp_by_hand():
+    fs, ft = RNG.normal(size=(3, 2, 2, 2)), RNG.normal(size=(3, 4, 1, 1))
+
+    def g(f):
+        f = f.reshape(3, -1)
+        m = f @ f.T
+        return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+    expected = np.sum((g(ft) - g(fs)) ** 2) / 9
+    assert sp_loss(torch.tensor(fs), torch.tensor(ft)).item() == pytest.approx(expected, rel=1e-5)
+
+
+def smooth_l1(a, b):
+    d = np.abs(a - b)
+    return float(np.mean(np.where(d < 1, 0.5 * d ** 2, d - 0.5)))
+
+
+def test_rkd_by_hand():
+    es, et = RNG.normal(size=(4, 3)), RNG.normal(size=(4, 5))
+
+    def dist(e):
+        d = np.array([[np.linalg.norm(e[i] - e[j]) for j in range(4)] for i in range(4)])
+        return d / d[d > 0].mean()
+
+    def angles(e):
+        out = np.zeros((4, 4, 4))
+        for i in range(4):
+            for j in range(4):
+                for k in range(4):
+                    u, v = e[j] - e[i], e[k] - e[i]
+                    nu, nv = np.linalg.norm(u), np.linalg.norm(v)
+                    out[i, j, k] = (u / nu) @ (v / nv) if nu > 0 and nv > 0 else 0.0
+        return out.ravel()
+
+    assert rkd_distance_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(smooth_l1(dist(es), dist(et)), rel=1e-5)
+    assert rkd_angle_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(smooth_l1(angles(es), angles(et)), rel=1e-5)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data(n_train=48)
+
+
+@pytest.mark.parametrize("method", list_distillers())
+def test_every_method_trains_three_steps(method, data, tmp_path):
+    teacher = tiny_teacher()
+    teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = tiny_student(teacher, method, data)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method=method, max_steps=3),
+                                  train_dataset=data.train)
+    own = {n for n, p in trainer.distiller.named_parameters()}
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert len(logs) == 3
+    for entry in logs:
+        terms = {k: v for k, v in entry.items() if k.startswith("loss_")}
+        assert terms and all(math.isfinite(v) for v in terms.values())
+        assert entry["loss"] == pytest.approx(sum(terms.values()), rel=1e-3, abs=1e-5)
+    changed = {n.split(".")[0] for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == ({"student", "distiller"} if own else {"student"})
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, teacher_state[k]), k
