@@ -50,7 +50,7 @@ class DistillationTrainingArguments(TrainingArguments):
     """
 
     method: str = field(default="mkcd", metadata={"help": "Distillation method: " + ", ".join(list_distillers())})
-    temperature_schedule: str = field(default="constant", metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES)})
+    temperature_schedule: str = field(default="constant", metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES) + ", ctkd (learned, adversarial)"})
     temperature: float = field(default=4.0, metadata={"help": "Temperature of the constant schedule."})
     temperature_min: float = field(default=1.0, metadata={"help": "Lower end of a rising/falling schedule."})
     temperature_max: float = field(default=8.0, metadata={"help": "Upper end of a rising/falling schedule."})
@@ -128,8 +128,10 @@ class DistillationModule(nn.Module):
         if "features" in teacher:
             proj = self.student.projector
             teacher["features_aligned"] = proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
+        if self.distiller.temperature_module is not None:
+            temperature = self.distiller.temperature_module(epoch)
         terms = self.distiller(student, teacher, labels, temperature=temperature, progress=progress, epoch=epoch)
-        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms}
+        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms, "temperature": temperature}
 
 
 class MultiStepSchedule:
@@ -167,6 +169,12 @@ class DistillationTrainer(Trainer):
         if not isinstance(model, MKCDStudentForImageClassification):
             raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
         distiller = distiller or get_distiller_class(args.method)(student=model, teacher=teacher_model, **self._weights(args))
+        schedule = build_temperature_schedule("ctkd" if distiller.learned_temperature else args.temperature_schedule,
+                                              **args.temperature_kwargs())
+        if isinstance(schedule, nn.Module):
+            if not distiller.uses_temperature:
+                raise ValueError(f"method {args.method!r} uses no temperature: --temperature_schedule ctkd does not apply")
+            distiller.temperature_module = schedule
         if not distiller.needs_teacher:
             teacher_model = None
         elif teacher_model is None:
@@ -179,7 +187,7 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
-        self.temperature_schedule = build_temperature_schedule(args.temperature_schedule, **args.temperature_kwargs())
+        self.temperature_schedule = None if isinstance(schedule, nn.Module) else schedule
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
@@ -253,7 +261,8 @@ class DistillationTrainer(Trainer):
         training = model.training and labels is not None
         teacher_outputs = self._teacher_outputs(pixel_values) if (training and self.teacher is not None) else None
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
-        temperature = self.temperature_schedule(progress) if self.distiller.uses_temperature else None
+        temperature = self.temperature_schedule(progress) \
+            if (self.distiller.uses_temperature and self.temperature_schedule is not None) else None
         out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
                     temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0))
         loss = out.get("loss")
@@ -268,7 +277,8 @@ class DistillationTrainer(Trainer):
             for k, v in terms.items():
                 self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
             self._terms_count += 1
-            self._last_temperature = temperature
+            temperature = out.get("temperature", temperature)
+            self._last_temperature = float(torch.as_tensor(temperature).detach()) if temperature is not None else None
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:

@@ -139,3 +139,54 @@ def test_every_method_trains_three_steps(method, data, tmp_path):
     assert changed == ({"student", "distiller"} if own else {"student"})
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, teacher_state[k]), k
+
+
+def test_ctkd_lambda_ramp_and_reversed_gradient():
+    from hf_mkcd.distillers.ctkd import LearnableTemperature, ctkd_lambda
+
+    assert ctkd_lambda(0.0) == pytest.approx((math.cos(math.pi / 10) + 1) / 2 - 1)  # epochs count from 1
+    assert ctkd_lambda(4.5) == pytest.approx(-0.5) and ctkd_lambda(9.0) == -1.0 and ctkd_lambda(30.0) == -1.0
+    temp = LearnableTemperature()
+    assert temp(0.0).item() == pytest.approx(1 + 20 / (1 + math.exp(-1)))  # tau ~ 15.6 at start
+    s, t = torch.randn(4, 5), torch.randn(4, 5)
+    from hf_mkcd.distillers import kd_loss
+
+    kd_loss(s, t, temp(20.0)).backward()  # lambda = -1: theta ascends the KD loss
+    reversed_grad = temp.theta.grad.clone()
+    theta = torch.tensor(1.0, requires_grad=True)
+    kd_loss(s, t, 1 + 20 * torch.sigmoid(theta)).backward()
+    assert reversed_grad.item() == pytest.approx(-theta.grad.item(), rel=1e-5)
+
+
+def test_ctkd_temperature_is_trained_logged_and_checkpointed(data, tmp_path):
+    teacher = tiny_teacher()
+    trainer = DistillationTrainer(model=tiny_student(teacher, "dkd", data), teacher_model=teacher,
+                                  args=tiny_args(tmp_path, method="dkd", temperature_schedule="ctkd", max_steps=3,
+                                                 save_strategy="steps", save_steps=3), train_dataset=data.train)
+    theta = trainer.distiller.temperature_module.theta
+    trainer.create_optimizer()
+    assert any(p is theta for g in trainer.optimizer.param_groups for p in g["params"])
+    before = theta.item()
+    trainer.train()
+    assert theta.item() != before
+    temps = [e["temperature"] for e in trainer.state.log_history if "temperature" in e]
+    assert len(temps) == 3 and all(1 < t < 21 for t in temps)
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "checkpoint-3" / "distiller.safetensors")
+    assert saved["temperature_module.theta"].item() == pytest.approx(theta.item())
+    with pytest.raises(ValueError, match="uses no temperature"):
+        DistillationTrainer(model=tiny_student(teacher, "at", data), teacher_model=teacher,
+                            args=tiny_args(tmp_path, method="at", temperature_schedule="ctkd"), train_dataset=data.train)
+
+
+def test_srrl_logits_are_the_teacher_head_on_the_pooled_connector(data):
+    teacher = tiny_teacher()
+    student = tiny_student(teacher, "srrl", data)
+    assert student.config.projector == "srrl" and student.config.head == "teacher"
+    x = torch.randn(3, 1, 16, 16)
+    with torch.no_grad():
+        student.eval()
+        out = student(pixel_values=x, output_features=True)
+    assert out.projected_features.shape == (3, 64, 1, 1)
+    torch.testing.assert_close(out.logits, teacher.fc(out.projected_features.flatten(1)))

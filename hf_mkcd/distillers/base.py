@@ -54,6 +54,7 @@ class Distiller(nn.Module):
     projector: Optional[str] = None  # projector of the deployable student
     head: str = "student"  # "teacher": the student reuses the teacher's frozen classifier
     uses_temperature = False
+    learned_temperature = False  # True: the method always trains CTKD's temperature (``ctkd``)
     defaults: Dict[str, float] = {}
 
     def __init__(self, student=None, teacher=None, **hparams):
@@ -62,6 +63,7 @@ class Distiller(nn.Module):
         if unknown:
             raise ValueError(f"method {self.name!r} has no hyper-parameters {sorted(unknown)}; it takes {sorted(self.defaults)}")
         self.hparams = {**self.defaults, **{k: v for k, v in hparams.items() if v is not None}}
+        self.temperature_module: Optional[nn.Module] = None  # set by the trainer for a learned temperature
 
     @property
     def needs_teacher(self) -> bool:

@@ -71,7 +71,15 @@ TEMPERATURE_SCHEDULES: Dict[str, Type[TemperatureSchedule]] = {
 }
 
 
+LEARNED_SCHEDULES = ("ctkd",)  # a module with parameters, trained with the student (distillers/ctkd.py)
+
+
 def build_temperature_schedule(name: str, **kwargs) -> TemperatureSchedule:
-    if name not in TEMPERATURE_SCHEDULES:
-        raise ValueError(f"unknown temperature schedule {name!r}; choose one of {sorted(TEMPERATURE_SCHEDULES)}")
+    if name not in TEMPERATURE_SCHEDULES and name not in LEARNED_SCHEDULES:
+        raise ValueError(f"unknown temperature schedule {name!r}; choose one of "
+                         f"{sorted(TEMPERATURE_SCHEDULES) + list(LEARNED_SCHEDULES)}")
+    if name == "ctkd":
+        from .ctkd import LearnableTemperature
+
+        return LearnableTemperature()
     return TEMPERATURE_SCHEDULES[name](**kwargs)

@@ -175,6 +175,22 @@ class ConvRegressor(FeatureProjector):
         return self.out_act(self.bn(self.conv(x)))
 
 
+class PooledConnector(FeatureProjector):
+    """SRRL's connector (Yang et al., ICLR 2021; DefangChen/SimKD ``SRRL``): global-average-pool the
+    student map, then 1x1 conv C_s->C_t + BN + ReLU on the 1x1 map. Its output is (C_t, 1, 1), so
+    the teacher's head reads it as a pooled teacher feature."""
+
+    def __init__(self, student_shape, teacher_shape, out_act: str = "relu"):
+        super().__init__(student_shape, teacher_shape)
+        c_s, c_t = self.student_shape[0], self.teacher_shape[0]
+        self.plan, self.output_size, self.input_size = "pool", (1, 1), (1, 1)
+        self.conv, self.bn = nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t)
+        self.out_act = _activation(out_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out_act(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))))
+
+
 def _activation(name: str) -> nn.Module:
     acts = {"relu": nn.ReLU(inplace=True), "none": nn.Identity()}
     if name not in acts:
@@ -186,6 +202,7 @@ PROJECTORS: Dict[str, type] = {
     "mkcd": EncoderDecoderProjector,
     "simkd": SimKDProjector,
     "fitnet": ConvRegressor,
+    "srrl": PooledConnector,
 }
 
 
