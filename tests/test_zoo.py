@@ -190,3 +190,49 @@ def test_srrl_logits_are_the_teacher_head_on_the_pooled_connector(data):
         out = student(pixel_values=x, output_features=True)
     assert out.projected_features.shape == (3, 64, 1, 1)
     torch.testing.assert_close(out.logits, teacher.fc(out.projected_features.flatten(1)))
+
+
+def test_ofd_margin_and_partial_l2_by_hand():
+    from scipy.stats import norm
+
+    from hf_mkcd.distillers.ofd import ofd_margin, ofd_stage_loss
+
+    bn = torch.nn.BatchNorm2d(3)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([1.0, -2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([0.0, 1.0, -5.0]))
+    expected = []
+    for g, b in ((1.0, 0.0), (-2.0, 1.0), (0.5, -5.0)):
+        s, m = abs(g), b
+        cdf = norm.cdf(-m / s)
+        expected.append(m - s * np.exp(-(m / s) ** 2 / 2) / np.sqrt(2 * np.pi) / cdf if cdf > 1e-3 else -3 * s)
+    margin = ofd_margin(bn)
+    np.testing.assert_allclose(margin.numpy(), expected, rtol=1e-5)
+    src, tgt = RNG.normal(size=(2, 3, 2, 2)), RNG.normal(size=(2, 3, 2, 2))
+    t2 = np.maximum(tgt, np.array(expected).reshape(1, 3, 1, 1))
+    mask = (src > t2) | (t2 > 0)
+    want = np.sum((src - t2) ** 2 * mask) / 2
+    assert ofd_stage_loss(torch.tensor(src), torch.tensor(tgt), margin.double()).item() == pytest.approx(want, rel=1e-5)
+
+
+def test_ab_loss_by_hand():
+    from hf_mkcd.distillers.ab import ab_stage_loss
+
+    s = np.array([[-2.0, -0.5, 0.5, 2.0]]).reshape(1, 1, 2, 2)
+    t = np.array([[1.0, -1.0, 1.0, -1.0]]).reshape(1, 1, 2, 2)
+    # s=-2, t>0: s<=1 -> (s-1)^2 = 9 | s=-0.5, t<=0: s>-1 -> (s+1)^2 = 0.25 | s=0.5, t>0 -> 0.25 | s=2, t<=0 -> 9
+    assert ab_stage_loss(torch.tensor(s), torch.tensor(t)).item() == pytest.approx(18.5)
+
+
+def test_ofd_refuses_teachers_without_bn_before_relu(data):
+    import timm
+
+    from hf_mkcd.distillers import get_distiller_class
+
+    shuffle = timm.create_model("cifar_shufflev1", in_chans=1, num_classes=10).eval()
+    student = tiny_student(tiny_teacher(), "ofd", data)
+    with pytest.raises(ValueError, match="ofd: .*no BN right before each stage's ReLU"):
+        get_distiller_class("ofd")(student=student, teacher=shuffle)
+    generic = timm.create_model("resnet10t", in_chans=1, num_classes=10).eval()
+    with pytest.raises(ValueError, match="does not expose"):
+        get_distiller_class("ofd")(student=student, teacher=generic)

@@ -162,6 +162,11 @@ class CifarNet(nn.Module):
             return intermediates
         return self.forward_prepool(x), intermediates
 
+    def stage_preact_bns(self) -> List[nn.BatchNorm2d]:
+        """The BatchNorm whose output (before the ReLU) is each stage's pre-activation map, stages 1..N
+        (mdistiller's ``get_bn_before_relu``): OFD derives its margins from their affine parameters."""
+        raise NotImplementedError(f"{type(self).__name__} has no BN right before each stage's ReLU (OFD is undefined)")
+
     def forward_stage_maps(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor], List[torch.Tensor]]:
         """One pass: (pre-pool map, stage maps, pre-activation stage maps), stem included in both lists."""
         x = self.forward_stem(x)

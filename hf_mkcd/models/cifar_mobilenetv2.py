@@ -66,6 +66,9 @@ class CifarMobileNetV2(CifarNet):
         self._finish(num_classes, last_channel, feature_info, global_pool)
         init_reference_weights(self, linear_std=0.01)
 
+    def stage_preact_bns(self):
+        return [self.blocks[e][-1].conv[-1] for e in self.STAGE_ENDS]
+
     def forward_stem(self, x):
         return self.conv1(x)
 

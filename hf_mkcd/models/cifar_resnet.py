@@ -107,6 +107,10 @@ class CifarResNet(CifarNet):
     def forward_stem(self, x):
         return F.relu(self.bn1(self.conv1(x)))
 
+    def stage_preact_bns(self):
+        last = "bn3" if isinstance(self.layer1[0], Bottleneck) else "bn2"
+        return [getattr(getattr(self, f"layer{i}")[-1], last) for i in range(1, self.num_stages + 1)]
+
     def forward_stage(self, i, x, preact=False):
         return run_stage(getattr(self, f"layer{i}"), x)
 

@@ -40,6 +40,9 @@ class CifarVGG(CifarNet):
         self._finish(num_classes, widths[-1][-1], feature_info, global_pool)
         init_reference_weights(self, linear_std=0.01)
 
+    def stage_preact_bns(self):
+        return [getattr(self, f"block{i}")[-1] for i in range(1, self.num_stages + 1)]
+
     def forward_stem(self, x):
         self._input_h = x.shape[2]
         return F.relu(self.block0(x))

@@ -63,6 +63,9 @@ class CifarWideResNet(CifarNet):
     def forward_stem(self, x):
         return self.conv1(x)
 
+    def stage_preact_bns(self):
+        return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
+
     def forward_stage(self, i, x, preact=False):
         x = getattr(self, f"block{i}")(x)
         if not preact:
