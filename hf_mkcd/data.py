@@ -243,7 +243,10 @@ class ImageTransform:
                     generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
                 x = self.crop_flip(x, generator)
             pixels.append(self.normalize(x))
-        return {"pixel_values": pixels, "labels": batch[self.label_column]}
+        out = {"pixel_values": pixels, "labels": batch[self.label_column]}
+        if INDEX_COLUMN in batch:
+            out["index"] = batch[INDEX_COLUMN]  # the sample's position in the training set (CRD's memory bank)
+        return out
 
 
 def build_transform(image_column: str, label_column: str, channels: int, image_size: int, mean, std, train: bool,

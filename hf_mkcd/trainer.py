@@ -116,7 +116,7 @@ class DistillationModule(nn.Module):
         self.config = student.config
 
     def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0,
-                epoch: float = 0.0):
+                epoch: float = 0.0, index=None):
         distilling = teacher_outputs is not None or not self.distiller.needs_teacher
         needs = self.distiller.student_needs if (distilling and labels is not None) else {"logits"}
         student = student_outputs(self.student, pixel_values, needs)
@@ -124,6 +124,11 @@ class DistillationModule(nn.Module):
             return {"logits": student["logits"]}
         if not distilling:  # evaluation: the student's own cross-entropy
             return {"loss": nn.functional.cross_entropy(student["logits"].float(), labels), "logits": student["logits"]}
+        if "index" in self.distiller.student_needs:
+            if index is None:
+                raise ValueError(f"method {self.distiller.name!r} needs each sample's dataset index: prepare the training "
+                                 "set with hf_mkcd.data.prepare_datasets (it adds the index column)")
+            student["index"] = index
         teacher = dict(teacher_outputs or {})
         if "features" in teacher:
             proj = self.student.projector
@@ -168,7 +173,10 @@ class DistillationTrainer(Trainer):
             raise TypeError("args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)")
         if not isinstance(model, MKCDStudentForImageClassification):
             raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
-        distiller = distiller or get_distiller_class(args.method)(student=model, teacher=teacher_model, **self._weights(args))
+        train_dataset = kwargs.get("train_dataset")
+        distiller = distiller or get_distiller_class(args.method)(
+            student=model, teacher=teacher_model, **self._weights(args),
+            num_train_samples=len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None)
         schedule = build_temperature_schedule("ctkd" if distiller.learned_temperature else args.temperature_schedule,
                                               **args.temperature_kwargs())
         if isinstance(schedule, nn.Module):
@@ -264,7 +272,8 @@ class DistillationTrainer(Trainer):
         temperature = self.temperature_schedule(progress) \
             if (self.distiller.uses_temperature and self.temperature_schedule is not None) else None
         out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
-                    temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0))
+                    temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0),
+                    index=inputs.get("index"))
         loss = out.get("loss")
         if training:
             terms = out["terms"]

@@ -236,3 +236,43 @@ def test_ofd_refuses_teachers_without_bn_before_relu(data):
     generic = timm.create_model("resnet10t", in_chans=1, num_classes=10).eval()
     with pytest.raises(ValueError, match="does not expose"):
         get_distiller_class("ofd")(student=student, teacher=generic)
+
+
+def test_nce_and_hcl_by_hand():
+    from hf_mkcd.distillers.crd import nce_loss
+    from hf_mkcd.distillers.reviewkd import hcl_loss
+
+    x = np.abs(RNG.normal(size=(2, 4))) + 0.1
+    n, k = 100, 3
+    pn = k / n
+    want = -np.mean([np.log(r[0] / (r[0] + pn + 1e-7)) + np.sum(np.log(pn / (r[1:] + pn + 1e-7))) for r in x])
+    assert nce_loss(torch.tensor(x), n).item() == pytest.approx(want, rel=1e-6)
+    fs, ft = RNG.normal(size=(2, 3, 4, 4)), RNG.normal(size=(2, 3, 4, 4))
+
+    def pool(f, s):
+        b = 4 // s
+        return f.reshape(2, 3, s, b, s, b).mean((3, 5))
+
+    # h = 4: levels 2 and 1 are pooled (4 >= h is skipped), weights 1, 1/2, 1/4
+    mse = lambda a, b: np.mean((a - b) ** 2)  # noqa: E731
+    want = (mse(fs, ft) + 0.5 * mse(pool(fs, 2), pool(ft, 2)) + 0.25 * mse(pool(fs, 1), pool(ft, 1))) / 1.75
+    assert hcl_loss([torch.tensor(fs)], [torch.tensor(ft)]).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_crd_memory_bank_momentum_and_checkpoint(data, tmp_path):
+    teacher = tiny_teacher()
+    trainer = DistillationTrainer(model=tiny_student(teacher, "crd", data), teacher_model=teacher,
+                                  args=tiny_args(tmp_path, method="crd", max_steps=2, save_strategy="steps", save_steps=2),
+                                  train_dataset=data.train)
+    crd = trainer.distiller
+    assert crd.memory_s.shape == (len(data.train), 128) and crd.k == len(data.train) - 1
+    before = crd.memory_s.clone()
+    trainer.train()
+    touched = (crd.memory_s != before).any(1)
+    assert 0 < int(touched.sum()) <= 32  # exactly the rows of the 2 x 16 samples seen
+    assert torch.allclose(crd.memory_s[touched].norm(dim=1), torch.ones(int(touched.sum())), atol=1e-5)
+    assert crd.z_s.item() > 0 and crd.z_t.item() > 0
+    from safetensors.torch import load_file
+
+    saved = load_file(tmp_path / "checkpoint-2" / "distiller.safetensors")
+    assert torch.equal(saved["memory_s"], crd.memory_s) and "embed_s.weight" in saved

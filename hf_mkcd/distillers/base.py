@@ -57,8 +57,9 @@ class Distiller(nn.Module):
     learned_temperature = False  # True: the method always trains CTKD's temperature (``ctkd``)
     defaults: Dict[str, float] = {}
 
-    def __init__(self, student=None, teacher=None, **hparams):
+    def __init__(self, student=None, teacher=None, num_train_samples: Optional[int] = None, **hparams):
         super().__init__()
+        self.num_train_samples = num_train_samples
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise ValueError(f"method {self.name!r} has no hyper-parameters {sorted(unknown)}; it takes {sorted(self.defaults)}")

@@ -1,0 +1,105 @@
+"""``crd``: Tian et al., "Contrastive Representation Distillation" (ICLR 2020), as RepDistiller ``crd/``.
+
+Pooled features -> linear embeddings (d -> 128) -> L2-normalised; each anchor is scored against a
+memory bank of the other model's embeddings: h = exp(<g, v>/0.07) / Z (Z estimated once as mean * N),
+with the positive (the same sample index) and K = 16,384 negatives; NCE with noise P_n = 1/N:
+    L_crd = -(1/B) sum[ log(h+ / (h+ + K P_n)) + sum_K log(K P_n / (h- + K P_n)) ],  student and teacher anchors
+    L = CE + 0.8 * L_crd  (+ KD with kd_weight > 0: "CRD+KD")
+Memories are updated with momentum 0.5 at the positive indices (gathered across processes) and are saved
+in every checkpoint (``distiller.safetensors``). Differs from RepDistiller on purpose: negatives are drawn
+uniformly from all training samples on the device, not from other classes by the data loader (with 100
+classes, 1% of them share the anchor's class).
+"""
+import math
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .base import Distiller, register_distiller
+from .losses import kd_loss
+
+
+def nce_loss(scores: torch.Tensor, num_data: int, eps: float = 1e-7) -> torch.Tensor:
+    """scores: (B, K+1), column 0 the positive."""
+    k = scores.shape[1] - 1
+    noise = k / num_data
+    log_d1 = torch.log(scores[:, 0] / (scores[:, 0] + noise + eps))
+    log_d0 = torch.log(noise / (scores[:, 1:] + noise + eps))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """Concatenate ``t`` over processes (batches may differ in size on the last step)."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return t
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, n)
+    top = int(max(s.item() for s in sizes))
+    padded = torch.zeros((top, *t.shape[1:]), dtype=t.dtype, device=t.device)
+    padded[: t.shape[0]] = t
+    chunks = [torch.zeros_like(padded) for _ in sizes]
+    dist.all_gather(chunks, padded)
+    return torch.cat([c[: int(s.item())] for c, s in zip(chunks, sizes)])
+
+
+@register_distiller("crd")
+class CRD(Distiller):
+    student_needs = frozenset({"logits", "pooled", "index"})
+    teacher_needs = frozenset({"pooled", "logits"})
+    uses_temperature = True
+    defaults = {"ce_weight": 1.0, "feat_weight": 0.8, "kd_weight": 0.0, "feat_dim": 128, "nce_k": 16384,
+                "nce_t": 0.07, "nce_momentum": 0.5}
+
+    def __init__(self, student=None, teacher=None, num_train_samples=None, **hparams):
+        super().__init__(student, teacher, num_train_samples, **hparams)
+        if student is None or teacher is None:
+            return
+        if not num_train_samples or num_train_samples < 2:
+            raise ValueError("crd needs the training-set size (its memory bank has one entry per sample)")
+        s, t = self.probe(student, teacher, {"pooled"}, {"pooled"})
+        dim = int(self.hparams["feat_dim"])
+        self.n, self.k = int(num_train_samples), int(min(self.hparams["nce_k"], num_train_samples - 1))
+        self.embed_s, self.embed_t = nn.Linear(s["pooled"][0], dim), nn.Linear(t["pooled"][0], dim)
+        stdv = 1.0 / math.sqrt(dim / 3)
+        self.register_buffer("memory_s", torch.rand(self.n, dim) * 2 * stdv - stdv)
+        self.register_buffer("memory_t", torch.rand(self.n, dim) * 2 * stdv - stdv)
+        self.register_buffer("z_s", torch.tensor(-1.0))
+        self.register_buffer("z_t", torch.tensor(-1.0))
+
+    def _scores(self, anchor, memory, idx, z):
+        return torch.exp(torch.bmm(memory[idx].detach(), anchor.unsqueeze(2)).squeeze(2) / self.hparams["nce_t"])
+
+    def _normalizer(self, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        if z.item() < 0:  # estimated once, from the first batch (averaged over processes)
+            value = scores.detach().mean() * self.n
+            if dist.is_available() and dist.is_initialized():
+                dist.all_reduce(value)
+                value /= dist.get_world_size()
+            z.fill_(value.item())
+        return z
+
+    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
+        h = self.hparams
+        index = student["index"].long()
+        v_s = F.normalize(self.embed_s(student["pooled"].float()))
+        v_t = F.normalize(self.embed_t(teacher["pooled"].float()))
+        negatives = torch.randint(0, self.n, (len(index), self.k), device=index.device)
+        idx = torch.cat([index[:, None], negatives], 1)
+        out_s = self._scores(v_s, self.memory_t, idx, self.z_t)  # student anchor vs teacher memory
+        out_t = self._scores(v_t, self.memory_s, idx, self.z_s)  # teacher anchor vs student memory
+        out_s = out_s / self._normalizer(self.z_t, out_s)
+        out_t = out_t / self._normalizer(self.z_s, out_t)
+        terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+                 "loss_crd": h["feat_weight"] * (nce_loss(out_s, self.n) + nce_loss(out_t, self.n))}
+        if h["kd_weight"]:
+            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)
+        if self.training:
+            with torch.no_grad():
+                m = h["nce_momentum"]
+                all_idx, all_s, all_t = _gather(index), _gather(v_s.detach()), _gather(v_t.detach())
+                self.memory_s[all_idx] = F.normalize(self.memory_s[all_idx] * m + all_s * (1 - m))
+                self.memory_t[all_idx] = F.normalize(self.memory_t[all_idx] * m + all_t * (1 - m))
+        return terms
