@@ -47,7 +47,7 @@ class DataArguments:
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."})
-    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (CIFAR recipe: random crop with 4-pixel padding + flip) or none."})
+    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (CIFAR recipe: random crop with 4-pixel padding + flip), none, or weak_strong (crop_flip + a RandAugment/cutout second view, for mlkd)."})
     image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
     image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
     split_seed: int = field(default=0, metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."})
@@ -196,6 +196,7 @@ def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2
 
 
 INDEX_COLUMN = "__index__"
+AUGMENTATIONS = ("crop_flip", "none", "weak_strong")
 
 
 class ImageTransform:
@@ -211,11 +212,12 @@ class ImageTransform:
                  train: bool, augmentation: str = "crop_flip", seed: int = 0, padding: int = 4):
         from torchvision.transforms import v2
 
-        if augmentation not in ("crop_flip", "none"):
-            raise ValueError(f"unknown augmentation {augmentation!r}: crop_flip or none")
+        if augmentation not in AUGMENTATIONS:
+            raise ValueError(f"unknown augmentation {augmentation!r}: one of {AUGMENTATIONS}")
         self.image_column, self.label_column, self.channels = image_column, label_column, channels
         self.seed, self.epoch, self.padding = seed, 0, padding
-        self.augment = train and augmentation == "crop_flip"
+        self.augment = train and augmentation in ("crop_flip", "weak_strong")
+        self.strong = train and augmentation == "weak_strong"
         self.resize = v2.Resize((image_size, image_size), antialias=True)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
@@ -230,9 +232,22 @@ class ImageTransform:
         x = x[:, i:i + h, j:j + w]
         return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
 
+    def strong_view(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """MLKD's strong view: crop + flip + RandAugment(2 ops, random magnitude) + a cutout of up to half
+        the side. torchvision draws from the global RNG, so it runs on a forked RNG seeded from ``generator``."""
+        from torchvision.transforms import v2
+
+        x = self.crop_flip(x, generator)
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
+            magnitude = int(torch.randint(0, 31, (1,)))
+            x = v2.RandAugment(num_ops=2, magnitude=magnitude)(x if x.shape[0] in (1, 3) else x[:3])
+            x = v2.RandomErasing(p=1.0, scale=(0.0, 0.25), ratio=(1.0, 1.0), value=0)(x)
+        return x
+
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
-        pixels = []
+        pixels, strong = [], []
         generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
             x = self.resize(to_channels(_to_tensor(image), self.channels))
@@ -241,9 +256,13 @@ class ImageTransform:
                     generator.seed()
                 else:
                     generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
+                if self.strong:
+                    strong.append(self.normalize(self.strong_view(x, generator)))
                 x = self.crop_flip(x, generator)
             pixels.append(self.normalize(x))
         out = {"pixel_values": pixels, "labels": batch[self.label_column]}
+        if self.strong:
+            out["pixel_values_strong"] = strong
         if INDEX_COLUMN in batch:
             out["index"] = batch[INDEX_COLUMN]  # the sample's position in the training set (CRD's memory bank)
         return out

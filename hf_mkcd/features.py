@@ -39,7 +39,7 @@ def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str],
 
 
 def student_outputs(student: MKCDStudentForImageClassification, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
-    needs = (set(needs) - {"index"}) | {"logits"}
+    needs = (set(needs) - {"index", "strong"}) | {"logits"}
     out = backbone_outputs(student.backbone, match_channels(x, student.config.num_channels), needs, "student")
     projected = None
     if student.projector is not None and ("projected" in needs or student.classifier is not None):

@@ -116,7 +116,7 @@ class DistillationModule(nn.Module):
         self.config = student.config
 
     def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0,
-                epoch: float = 0.0, index=None):
+                epoch: float = 0.0, index=None, pixel_values_strong=None):
         distilling = teacher_outputs is not None or not self.distiller.needs_teacher
         needs = self.distiller.student_needs if (distilling and labels is not None) else {"logits"}
         student = student_outputs(self.student, pixel_values, needs)
@@ -124,6 +124,10 @@ class DistillationModule(nn.Module):
             return {"logits": student["logits"]}
         if not distilling:  # evaluation: the student's own cross-entropy
             return {"loss": nn.functional.cross_entropy(student["logits"].float(), labels), "logits": student["logits"]}
+        if "strong" in self.distiller.student_needs:
+            if pixel_values_strong is None:
+                raise ValueError(f"method {self.distiller.name!r} needs a strong second view: --augmentation weak_strong")
+            student["logits_strong"] = student_outputs(self.student, pixel_values_strong, {"logits"})["logits"]
         if "index" in self.distiller.student_needs:
             if index is None:
                 raise ValueError(f"method {self.distiller.name!r} needs each sample's dataset index: prepare the training "
@@ -262,18 +266,21 @@ class DistillationTrainer(Trainer):
     def _teacher_outputs(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.no_grad(), self.accelerator.autocast():
             return teacher_outputs(self.teacher, match_channels(pixel_values, self._teacher_in_chans),
-                                   self.distiller.teacher_needs)
+                                   set(self.distiller.teacher_needs) - {"strong"})
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
         training = model.training and labels is not None
         teacher_outputs = self._teacher_outputs(pixel_values) if (training and self.teacher is not None) else None
+        strong = inputs.get("pixel_values_strong")
+        if teacher_outputs is not None and strong is not None and "strong" in self.distiller.teacher_needs:
+            teacher_outputs["logits_strong"] = self._teacher_outputs(strong)["logits"]
         progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
         temperature = self.temperature_schedule(progress) \
             if (self.distiller.uses_temperature and self.temperature_schedule is not None) else None
         out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
                     temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0),
-                    index=inputs.get("index"))
+                    index=inputs.get("index"), pixel_values_strong=strong if training else None)
         loss = out.get("loss")
         if training:
             terms = out["terms"]

@@ -119,8 +119,14 @@ def data():
     return tiny_data(n_train=48)
 
 
+@pytest.fixture(scope="module")
+def data_two_views():
+    return tiny_data(n_train=48, augmentation="weak_strong")
+
+
 @pytest.mark.parametrize("method", list_distillers())
-def test_every_method_trains_three_steps(method, data, tmp_path):
+def test_every_method_trains_three_steps(method, data, data_two_views, tmp_path):
+    data = data_two_views if method == "mlkd" else data
     teacher = tiny_teacher()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = tiny_student(teacher, method, data)
@@ -276,3 +282,27 @@ def test_crd_memory_bank_momentum_and_checkpoint(data, tmp_path):
 
     saved = load_file(tmp_path / "checkpoint-2" / "distiller.safetensors")
     assert torch.equal(saved["memory_s"], crd.memory_s) and "embed_s.weight" in saved
+
+
+def test_mlkd_terms_by_hand_and_its_second_view(data, tmp_path):
+    from hf_mkcd.distillers.mlkd import mlkd_terms
+
+    sw, tw, ss, ts = (RNG.normal(size=(4, 3)) for _ in range(4))
+    conf = softmax(tw).max(1)
+    smask = (conf <= np.median(conf)).astype(float)
+    cconf = softmax(tw).sum(0)
+    cmask = (cconf <= np.median(cconf)).astype(float)
+    inst = cls = bat = 0.0
+    for T in (4, 3, 5, 2, 6):
+        for (s, t, sm, cm) in ((sw, tw, smask, cmask), (ss, ts, np.ones(4), np.ones(3))):
+            ps, pt = softmax(s, T), softmax(t, T)
+            inst += np.mean([T ** 2 * kl(pt[i], ps[i]) for i in range(4)] * sm)
+            cls += np.sum(((pt.T @ pt - ps.T @ ps) ** 2).sum(1) / 3 * cm)
+            bat += np.sum(((pt @ pt.T - ps @ ps.T) ** 2).sum(1) / 4 * sm)
+    got = mlkd_terms(*(torch.tensor(a) for a in (sw, tw, ss, ts)), weight=1.0)
+    assert [g.item() for g in got] == pytest.approx([inst, cls, bat], rel=1e-5)
+    teacher = tiny_teacher()
+    trainer = DistillationTrainer(model=tiny_student(teacher, "mlkd", data), teacher_model=teacher,
+                                  args=tiny_args(tmp_path, method="mlkd"), train_dataset=data.train)
+    with pytest.raises(ValueError, match="needs a strong second view: --augmentation weak_strong"):
+        trainer.train()

@@ -1,5 +1,5 @@
 """The distiller zoo: one file per method, registered by name (``--method``)."""
-from . import ab, at, crd, ctkd, dist, dkd, fitnet, kd, mkcd, none, ofd, reviewkd, rkd, simkd, sp, srrl  # noqa: F401  (registration)
+from . import ab, at, crd, ctkd, dist, dkd, fitnet, kd, mkcd, mlkd, none, ofd, reviewkd, rkd, simkd, sp, srrl  # noqa: F401  (registration)
 from .base import DISTILLERS, Distiller, get_distiller_class, list_distillers, register_distiller
 from .losses import feature_mse, kd_loss
 from .temperature import TEMPERATURE_SCHEDULES, TemperatureSchedule, build_temperature_schedule
