@@ -306,3 +306,44 @@ def test_mlkd_terms_by_hand_and_its_second_view(data, tmp_path):
                                   args=tiny_args(tmp_path, method="mlkd"), train_dataset=data.train)
     with pytest.raises(ValueError, match="needs a strong second view: --augmentation weak_strong"):
         trainer.train()
+
+
+GENERIC_PAIRS = {
+    # teacher factory, student, methods refused before training (and why)
+    "resnet18->mobilenetv3_small_100": (
+        lambda: __import__("timm").create_model("resnet18", num_classes=10).eval(), "mobilenetv3_small_100",
+        {"ab": "pre-activation", "ofd": "BN before each stage's ReLU", "reviewkd": "pre-activation"}),
+    "vit->cifar_resnet8x4": (
+        lambda: __import__("timm").create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8).eval(),
+        "cifar_resnet8x4",
+        {"ab": "pre-activation", "ofd": "BN before each stage's ReLU", "reviewkd": "pre-activation",
+         "mkcd": "not a \\(B, C, H, W\\) map", "simkd": "not a \\(B, C, H, W\\) map", "srrl": "not a \\(B, C, H, W\\) map"}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pair", sorted(GENERIC_PAIRS))
+def test_timm_models_outside_the_cifar_zoo(pair, tmp_path):
+    from hf_mkcd import MKCDStudentForImageClassification
+
+    make_teacher, student_name, refused = GENERIC_PAIRS[pair]
+    data = tiny_data(n_train=16, augmentation="weak_strong", channels=3, size=32)
+    trained = []
+    for method in list_distillers():
+        cls, teacher = get_distiller_class(method), make_teacher()
+        if method in refused:
+            with pytest.raises(ValueError, match=refused[method]):
+                student = MKCDStudentForImageClassification.from_teacher(
+                    teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32)
+                DistillationTrainer(model=student, teacher_model=teacher, train_dataset=data.train,
+                                    args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8))
+            continue
+        student = MKCDStudentForImageClassification.from_teacher(
+            teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32)
+        trainer = DistillationTrainer(model=student, teacher_model=None if method == "none" else teacher,
+                                      train_dataset=data.train,
+                                      args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8))
+        trainer.train()
+        assert all(math.isfinite(v) for e in trainer.state.log_history for k, v in e.items() if k.startswith("loss"))
+        trained.append(method)
+    assert set(trained) | set(refused) == set(list_distillers())
