@@ -11,15 +11,17 @@ from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher  # noqa: E
 from hf_mkcd.trainer import DistillationTrainer  # noqa: E402
 
 
-def main(output_dir, use_cpu):
+def main(output_dir, use_cpu, method="mkcd"):
     data = tiny_data()
     teacher = tiny_teacher()
-    student = tiny_student(teacher, "mkcd", data)
-    args = tiny_args(output_dir, max_steps=3, per_device_train_batch_size=8, use_cpu=use_cpu == "1",
+    student = tiny_student(teacher, method, data)
+    args = tiny_args(output_dir, method=method, max_steps=3, per_device_train_batch_size=8, use_cpu=use_cpu == "1",
                      save_strategy="steps", save_steps=3)
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
     trainer.train()
-    checksum = sum(float(p.double().sum()) for p in student.parameters())
+    # student weights and the method's state (CRD's memory bank: updated from every rank's samples)
+    tensors = list(student.parameters()) + list(trainer.distiller.state_dict().values())
+    checksum = sum(float(t.double().sum()) for t in tensors)
     sums = [None] * dist.get_world_size()
     dist.all_gather_object(sums, checksum)
     if dist.get_rank() == 0:
@@ -28,4 +30,4 @@ def main(output_dir, use_cpu):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    main(*sys.argv[1:])

@@ -8,16 +8,17 @@ import pytest
 HERE = os.path.dirname(__file__)
 
 
-def torchrun(tmp_path, use_cpu):
+def torchrun(tmp_path, use_cpu, method="mkcd"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(HERE, "ddp_worker.py"), str(tmp_path), use_cpu]
+           os.path.join(HERE, "ddp_worker.py"), str(tmp_path), use_cpu, method]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 
 @pytest.mark.slow
-def test_two_processes_train_identical_replicas(tmp_path):
-    res = torchrun(tmp_path, "1")
+@pytest.mark.parametrize("method", ["mkcd", "crd"])
+def test_two_processes_train_identical_replicas(tmp_path, method):
+    res = torchrun(tmp_path, "1", method)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "DDP_OK world=2 wrapper=DistributedDataParallel" in res.stdout, res.stdout[-2000:]
     ckpt = tmp_path / "checkpoint-3"

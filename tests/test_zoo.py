@@ -347,3 +347,19 @@ def test_timm_models_outside_the_cifar_zoo(pair, tmp_path):
         assert all(math.isfinite(v) for e in trainer.state.log_history for k, v in e.items() if k.startswith("loss"))
         trained.append(method)
     assert set(trained) | set(refused) == set(list_distillers())
+
+
+def test_only_what_the_method_reads_is_computed(data, tmp_path):
+    teacher = tiny_teacher()
+    student = tiny_student(teacher, "kd", data)
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("stage maps computed for a logit-only method")
+
+    for model in (teacher, student.backbone):
+        model.forward_intermediates = forbidden
+        model.forward_stage_maps = forbidden
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="kd", max_steps=1),
+                                  train_dataset=data.train)
+    trainer.train()
+    assert trainer.state.global_step == 1
