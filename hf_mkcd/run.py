@@ -117,7 +117,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
             image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
         ))
 
-    _save_config(training_args.output_dir, model_args, data_args, training_args)
+    if training_args.should_save:  # only the main process writes
+        _save_config(training_args.output_dir, model_args, data_args, training_args)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
         eval_dataset=data.eval, processing_class=student.image_processor(),

@@ -161,3 +161,21 @@ def test_non_cifar_timm_models():
     plain = MKCDStudentForImageClassification.from_teacher(vit, "cifar_resnet8x4", projector=None, head="student",
                                                           image_size=32)
     assert plain(torch.randn(1, 3, 32, 32)).logits.shape == (1, 10)
+
+
+def test_timm_backbone_with_non_persistent_buffers_round_trips(tmp_path):
+    """from_pretrained builds on the meta device: timm's non-persistent buffers (relative position
+    indices) must be rebuilt by _init_weights, or the loaded model indexes garbage (HF_NOTES 3)."""
+    config = MKCDStudentConfig(backbone="test_maxvit", id2label={i: str(i) for i in range(5)}, image_size=160)
+    model = MKCDStudentForImageClassification(config).eval()
+    buffers = {n: b for n, b in model.named_buffers() if n not in model.state_dict()}
+    assert buffers  # the point of this test
+    model.save_pretrained(tmp_path)
+    loaded = MKCDStudentForImageClassification.from_pretrained(tmp_path).eval()
+    for name, buf in buffers.items():
+        assert torch.equal(dict(loaded.named_buffers())[name], buf), name
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():  # attention kernels may sum in another order between two instances (~1e-8)
+        torch.testing.assert_close(loaded(x).logits, model(x).logits, rtol=1e-6, atol=1e-6)
