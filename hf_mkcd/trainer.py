@@ -68,6 +68,7 @@ class DistillationTrainingArguments(TrainingArguments):
     # image columns are consumed by set_transform; every student parameter is used in each step.
     learning_rate: float = field(default=0.05, metadata={"help": "Initial LR (CIFAR recipe: 0.05; 0.01 for MobileNetV2/ShuffleNet students)."})
     weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
+    weight_decay_all: bool = field(default=True, metadata={"help": "Decay every parameter, biases and BN included, as the CIFAR reference code does (false: transformers' rule, no decay on biases and norms)."})
     optim: str = field(default="sgd", metadata={"help": "Optimizer (TrainingArguments' names)."})
     optim_args: Optional[str] = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
@@ -305,6 +306,11 @@ class DistillationTrainer(Trainer):
                 logs["temperature"] = round(self._last_temperature, 6)
             self._terms, self._terms_count = {}, 0
         super().log(logs, start_time)
+
+    def get_decay_parameter_names(self, model: nn.Module) -> List[str]:
+        if self.args.weight_decay_all:
+            return [name for name, _ in model.named_parameters()]
+        return super().get_decay_parameter_names(model)
 
     # -- schedule ---------------------------------------------------------------------------------
     def create_scheduler(self, num_training_steps: int, optimizer=None):

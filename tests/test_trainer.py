@@ -167,3 +167,15 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(data):
     assert not torch.equal(data.train[5]["pixel_values"], first)  # a new epoch draws new crops/flips
     transform.set_epoch(0)
     assert torch.equal(data.train[5]["pixel_values"], first)
+
+
+def test_weight_decay_covers_every_parameter_like_the_cifar_reference(data, tmp_path):
+    teacher = tiny_teacher()
+    for decay_all, bias_decay in ((True, 5e-4), (False, 0.0)):
+        trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
+                                      args=tiny_args(tmp_path, method="kd", weight_decay=5e-4, weight_decay_all=decay_all),
+                                      train_dataset=data.train)
+        trainer.create_optimizer()
+        bias = trainer.student.backbone.bn1.bias
+        group = next(g for g in trainer.optimizer.param_groups if any(p is bias for p in g["params"]))
+        assert group["weight_decay"] == bias_decay
