@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import bisect
 import json
-import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Union

@@ -11,7 +11,6 @@ import torch
 from PIL import Image
 from transformers import AutoConfig, AutoModelForImageClassification, pipeline
 
-import hf_mkcd
 from hf_mkcd import MKCDStudentConfig, MKCDStudentForImageClassification
 
 LABELS = {i: f"class_{i}" for i in range(100)}
