@@ -268,11 +268,6 @@ class ImageTransform:
         return out
 
 
-def build_transform(image_column: str, label_column: str, channels: int, image_size: int, mean, std, train: bool,
-                    augmentation: str = "crop_flip", seed: int = 0) -> ImageTransform:
-    return ImageTransform(image_column, label_column, channels, image_size, mean, std, train, augmentation, seed)
-
-
 @dataclass
 class PreparedData:
     train: Dataset
@@ -281,13 +276,15 @@ class PreparedData:
     image_column: str
     label_column: str
     source_channels: int
+    channels: int
     mean: Sequence[float]
     std: Sequence[float]
 
 
-def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=None, std=None) -> PreparedData:
-    """Load, split, truncate and attach transforms. ``mean``/``std`` (e.g. the teacher's) win over
-    known or measured statistics; ``args.image_mean``/``image_std`` win over everything."""
+def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None) -> PreparedData:
+    """Load, split, truncate and attach transforms. ``channels=None``: the images' own (RGBA -> RGB).
+    ``mean``/``std`` (e.g. the teacher's) win over known or measured statistics;
+    ``args.image_mean``/``image_std`` win over everything."""
     ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.split_seed)
     if args.train_split not in ds:
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
@@ -306,6 +303,8 @@ def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=N
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     source_channels = image_channels(train, image_column)
+    if channels is None:
+        channels = source_channels if source_channels in (1, 3) else 3
     to_channels(torch.zeros(source_channels, 2, 2, dtype=torch.uint8), channels)  # raises if not convertible
     if args.image_mean is not None:
         mean, std = args.image_mean, args.image_std
@@ -314,8 +313,8 @@ def prepare_datasets(args: DataArguments, channels: int, image_size: int, mean=N
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
     names = train.features[label_column].names
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
-    train.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, True,
-                                        args.augmentation, args.split_seed))
-    evaluation.set_transform(build_transform(image_column, label_column, channels, image_size, mean, std, False))
+    train.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, True,
+                                       args.augmentation, args.split_seed))
+    evaluation.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
     return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
-                        source_channels, list(mean), list(std))
+                        source_channels, channels, list(mean), list(std))

@@ -14,6 +14,7 @@ import torch.nn as nn
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification, match_channels
 
 STAGE_KEYS = {"stages", "preact_stages"}
+DATA_KEYS = {"index", "strong"}  # read from the batch, not computed by a model
 
 
 def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str], who: str = "model") -> Dict[str, object]:
@@ -39,7 +40,7 @@ def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str],
 
 
 def student_outputs(student: MKCDStudentForImageClassification, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
-    needs = (set(needs) - {"index", "strong"}) | {"logits"}
+    needs = (set(needs) - DATA_KEYS) | {"logits"}
     out = backbone_outputs(student.backbone, match_channels(x, student.config.num_channels), needs, "student")
     projected = None
     if student.projector is not None and ("projected" in needs or student.classifier is not None):
@@ -51,7 +52,7 @@ def student_outputs(student: MKCDStudentForImageClassification, x: torch.Tensor,
 
 
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
-    needs = set(needs)
+    needs = set(needs) - DATA_KEYS
     out = backbone_outputs(teacher, x, needs, "teacher")
     if "logits" in needs:
         out["logits"] = teacher.forward_head(out["features"])

@@ -13,14 +13,15 @@ from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
 
 import yaml
+from timm.models import get_pretrained_cfg_value
 from transformers import HfArgumentParser, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
-from .data import DataArguments, load_image_dataset, prepare_datasets
+from .data import DataArguments, prepare_datasets
 from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
-from .models.modeling_mkcd_student import first_conv_in_channels, teacher_linear_head
+from .models.modeling_mkcd_student import check_timm_name, first_conv_in_channels, teacher_linear_head
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger("hf_mkcd")
@@ -100,20 +101,12 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
             teacher_name=model_args.teacher_model_name_or_path,
         )
     else:
-        raw = load_image_dataset(data_args.dataset_name, data_args.dataset_config_name, data_args.split_seed)
-        from .data import detect_columns, image_channels
-
-        split = raw[data_args.train_split]
-        image_column, _ = detect_columns(split.features, data_args.image_column_name, data_args.label_column_name)
-        source = image_channels(split, image_column)
-        channels = source if source in (1, 3) else 3
-        from .models import create_timm_model
-
-        probe = create_timm_model(model_args.model_name_or_path, num_classes=0, in_chans=channels)
-        image_size = data_args.image_size or probe.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
-        data = prepare_datasets(data_args, channels, image_size)
+        check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
+        input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
+        image_size = data_args.image_size or input_size[-1]
+        data = prepare_datasets(data_args, None, image_size)  # channels: the images' own
         student = MKCDStudentForImageClassification(MKCDStudentConfig(
-            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=channels,
+            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=data.channels,
             image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
         ))
 

@@ -62,7 +62,7 @@ class Distiller(nn.Module):
         self.num_train_samples = num_train_samples
         unknown = set(hparams) - set(self.defaults)
         if unknown:
-            raise ValueError(f"method {self.name!r} has no hyper-parameters {sorted(unknown)}; it takes {sorted(self.defaults)}")
+            raise ValueError(f"method {self.name!r} has no {sorted(unknown)}; its hyper-parameters are {self.defaults}")
         self.hparams = {**self.defaults, **{k: v for k, v in hparams.items() if v is not None}}
         self.temperature_module: Optional[nn.Module] = None  # set by the trainer for a learned temperature
 

@@ -5,13 +5,22 @@ import torch
 import torch.nn.functional as F
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Hinton KD: T^2 * KL(softmax(z_t/T) || softmax(z_s/T)), summed over classes, mean over the batch
-    (= mdistiller ``kd_loss`` and RepDistiller ``KLDivLoss(batchmean) * T^2``)."""
+def _softened_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
+    """KL(softmax(z_t/T) || softmax(z_s/T)) per sample, summed over classes: shape (B,)."""
     log_p_s = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_p_t = F.log_softmax(teacher_logits.float() / temperature, dim=1)
-    kl = (log_p_t.exp() * (log_p_t - log_p_s)).sum(1).mean()
-    return kl * temperature ** 2
+    return (log_p_t.exp() * (log_p_t - log_p_s)).sum(1)
+
+
+def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
+    """T^2 * KL per sample (MLKD masks it per sample)."""
+    return _softened_kl(student_logits, teacher_logits, temperature) * temperature ** 2
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
+    """Hinton KD: T^2 * KL, summed over classes, mean over the batch (= mdistiller ``kd_loss`` and
+    RepDistiller ``KLDivLoss(batchmean) * T^2``)."""
+    return _softened_kl(student_logits, teacher_logits, temperature).mean() * temperature ** 2
 
 
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:

@@ -16,14 +16,9 @@ import torch
 import torch.nn.functional as F
 
 from .base import Distiller, register_distiller
+from .losses import kd_per_sample
 
 TEMPERATURES = (4.0, 3.0, 5.0, 2.0, 6.0)
-
-
-def instance_kl(student_logits, teacher_logits, t: float) -> torch.Tensor:
-    log_s = F.log_softmax(student_logits.float() / t, 1)
-    log_t = F.log_softmax(teacher_logits.float() / t, 1)
-    return (log_t.exp() * (log_t - log_s)).sum(1) * t ** 2  # (B,)
 
 
 def class_level(student_logits, teacher_logits, t: float) -> torch.Tensor:
@@ -44,7 +39,7 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
     class_mask = (class_conf <= class_conf.median()).float()
     inst = cls = bat = 0.0
     for t in TEMPERATURES:
-        inst = inst + (instance_kl(s_weak, t_weak, t) * sample_mask).mean() + instance_kl(s_strong, t_strong, t).mean()
+        inst = inst + (kd_per_sample(s_weak, t_weak, t) * sample_mask).mean() + kd_per_sample(s_strong, t_strong, t).mean()
         cls = cls + (class_level(s_weak, t_weak, t) * class_mask).sum() + class_level(s_strong, t_strong, t).sum()
         bat = bat + (batch_level(s_weak, t_weak, t) * sample_mask).sum() + batch_level(s_strong, t_strong, t).sum()
     return weight * inst, weight * cls, weight * bat

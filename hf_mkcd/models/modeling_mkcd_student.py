@@ -30,6 +30,11 @@ from .projectors import build_projector
 
 def create_timm_model(name: str, **kwargs) -> nn.Module:
     """``timm.create_model`` with a clear error for unknown names (close matches listed)."""
+    check_timm_name(name)
+    return timm.create_model(name, pretrained=False, **kwargs)
+
+
+def check_timm_name(name: str) -> None:
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
         hint = f" Close matches: {', '.join(close)}." if close else ""
@@ -37,7 +42,6 @@ def create_timm_model(name: str, **kwargs) -> nn.Module:
             f"Unknown timm architecture {name!r}.{hint} CIFAR models are named cifar_* and are registered by "
             "`import hf_mkcd`; `timm.list_models('cifar_*')` lists them."
         )
-    return timm.create_model(name, pretrained=False, **kwargs)
 
 
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
@@ -218,7 +222,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         backbone_kwargs.setdefault("in_chans", num_channels)
         probe_backbone = create_timm_model(student, num_classes=0, **backbone_kwargs)
         probe = torch.randn(2, num_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
-        f_t, t_logits, f_s = _probe(teacher, probe), None, _probe(probe_backbone, probe)
+        f_t, f_s = _probe(teacher, probe), _probe(probe_backbone, probe)
         needs_maps = projector is not None or head == "teacher"
         for who, f, name in (("teacher", f_t, teacher_name or type(teacher).__name__), ("student", f_s, student)):
             if needs_maps and f.ndim != 4:
