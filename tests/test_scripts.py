@@ -114,3 +114,14 @@ def test_distill_refuses_before_training(teacher_dir, tmp_path):
         distill.main(["--teacher_model_name_or_path", str(teacher_dir), "--model_name_or_path", "cifar_resnet9",
                       "--output_dir", str(tmp_path / "o"), *TINY])
     assert not (tmp_path / "o" / "model.safetensors").exists()
+
+
+def test_distiller_kwargs_parse_whatever_typing_has_cached():
+    """typing caches Unions by unordered equality: once any library has built Optional[Union[str, dict]],
+    a field typed Optional[Union[dict, str]] resolves to (str, dict, None) and HfArgumentParser picks
+    `dict` as the argparse type. distiller_kwargs is a plain JSON string, immune to that."""
+    import typing
+
+    typing.Optional[typing.Union[str, dict]]
+    _, _, args = parse_args(ARGS, [os.path.join(ROOT, "recipes", "cifar100", "resnet110_resnet32_dkd.yaml")])
+    assert args.distiller_kwargs == {"alpha": 1.0, "beta": 2.0, "warmup_epochs": 20.0}
