@@ -17,14 +17,14 @@ import bisect
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Dict, List, Optional, Union
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .distillers import build_temperature_schedule, get_distiller_class, list_distillers
+from .distillers import Distiller, build_temperature_schedule, get_distiller_class, list_distillers
 from .distillers.temperature import TEMPERATURE_SCHEDULES
 from .evaluation import compute_metrics as default_compute_metrics
 from .features import student_outputs, teacher_outputs
@@ -56,7 +56,9 @@ class DistillationTrainingArguments(TrainingArguments):
     ce_weight: Optional[float] = field(default=None, metadata={"help": "Cross-entropy weight (method default if unset)."})
     kd_weight: Optional[float] = field(default=None, metadata={"help": "Logit-distillation weight (method default if unset)."})
     feat_weight: Optional[float] = field(default=None, metadata={"help": "Feature-loss weight (method default if unset)."})
-    distiller_kwargs: Optional[Union[dict, str]] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
+    # typed str (a dict works from Python too): HfArgumentParser picks a Union's argparse type by position, and
+    # typing caches Unions by unordered equality, so Optional[Union[dict, str]] could parse as `dict` or `str`
+    distiller_kwargs: Optional[str] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
     lr_decay_epochs: Optional[List[int]] = field(
         default_factory=lambda: [150, 180, 210],
         metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs (0 disables; also off when "
@@ -177,9 +179,16 @@ class DistillationTrainer(Trainer):
             raise TypeError("args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)")
         if not isinstance(model, MKCDStudentForImageClassification):
             raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
+        cls = type(distiller) if distiller is not None else get_distiller_class(args.method)
+        if not cls.teacher_needs:
+            teacher_model = None
+        elif teacher_model is None:
+            raise ValueError(f"method {args.method!r} needs a teacher: pass teacher_model=")
+        self._check_pair(model, teacher_model, cls, args.method)
+        self._check_world_size(args)
         train_dataset = kwargs.get("train_dataset")
-        distiller = distiller or get_distiller_class(args.method)(
-            student=model, teacher=teacher_model, **self._weights(args),
+        distiller = distiller or cls(
+            student=model, teacher=teacher_model, **args.loss_weights(),
             num_train_samples=len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None)
         schedule = build_temperature_schedule("ctkd" if distiller.learned_temperature else args.temperature_schedule,
                                               **args.temperature_kwargs())
@@ -187,12 +196,6 @@ class DistillationTrainer(Trainer):
             if not distiller.uses_temperature:
                 raise ValueError(f"method {args.method!r} uses no temperature: --temperature_schedule ctkd does not apply")
             distiller.temperature_module = schedule
-        if not distiller.needs_teacher:
-            teacher_model = None
-        elif teacher_model is None:
-            raise ValueError(f"method {args.method!r} needs a teacher: pass teacher_model=")
-        self._check_pair(model, teacher_model, distiller, args.method)
-        self._check_world_size(args)
         kwargs.setdefault("compute_metrics", default_compute_metrics)
         super().__init__(model=DistillationModule(model, distiller), args=args, **kwargs)
         self.teacher = None
@@ -205,27 +208,18 @@ class DistillationTrainer(Trainer):
             self.add_callback(AugmentationEpochCallback(transform))
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
-        self._last_temperature: Optional[float] = None
+        self._last_temperature = None  # float, or a detached tensor for a learned temperature
 
     # -- validation before anything runs ---------------------------------------------------------
     @staticmethod
-    def _weights(args: DistillationTrainingArguments) -> dict:
-        cls = get_distiller_class(args.method)
-        weights = args.loss_weights()
-        unused = set(weights) - set(cls.defaults)
-        if unused:
-            raise ValueError(f"method {args.method!r} has no {sorted(unused)}; its hyper-parameters are {cls.defaults}")
-        return weights
-
-    @staticmethod
-    def _check_pair(student, teacher, distiller, method):
+    def _check_pair(student, teacher, method_cls, method):
         cfg = student.config
-        if (distiller.projector or None) != cfg.projector or distiller.head != cfg.head:
+        if (method_cls.projector or None) != cfg.projector or method_cls.head != cfg.head:
             raise ValueError(
-                f"method {method!r} trains a student with projector={distiller.projector!r}, head={distiller.head!r}, but "
+                f"method {method!r} trains a student with projector={method_cls.projector!r}, head={method_cls.head!r}, but "
                 f"this student has projector={cfg.projector!r}, head={cfg.head!r}. Build it with "
-                f"MKCDStudentForImageClassification.from_teacher(teacher, {cfg.backbone!r}, projector={distiller.projector!r}, "
-                f"head={distiller.head!r})."
+                f"MKCDStudentForImageClassification.from_teacher(teacher, {cfg.backbone!r}, projector={method_cls.projector!r}, "
+                f"head={method_cls.head!r})."
             )
         if teacher is None:
             return
@@ -233,12 +227,7 @@ class DistillationTrainer(Trainer):
         if n_teacher != cfg.num_labels:
             raise ValueError(f"class-count mismatch: the teacher predicts {n_teacher} classes, the student {cfg.num_labels}")
         if cfg.teacher_feature_shape is not None:
-            device = next(teacher.parameters()).device
-            probe = torch.zeros(1, first_conv_in_channels(teacher), cfg.image_size, cfg.image_size, device=device)
-            was_training = teacher.training
-            with torch.no_grad():
-                shape = list(teacher.eval().forward_features(probe).shape[1:])
-            teacher.train(was_training)
+            shape = list(Distiller.probe(student, teacher, set(), {"features"})[1]["features"])
             if shape != list(cfg.teacher_feature_shape):
                 raise ValueError(
                     f"feature-shape mismatch: the student was built for a teacher map {cfg.teacher_feature_shape}, "
@@ -266,7 +255,7 @@ class DistillationTrainer(Trainer):
     def _teacher_outputs(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
         with torch.no_grad(), self.accelerator.autocast():
             return teacher_outputs(self.teacher, match_channels(pixel_values, self._teacher_in_chans),
-                                   set(self.distiller.teacher_needs) - {"strong"})
+                                   self.distiller.teacher_needs)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
@@ -294,7 +283,7 @@ class DistillationTrainer(Trainer):
                 self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
             self._terms_count += 1
             temperature = out.get("temperature", temperature)
-            self._last_temperature = float(torch.as_tensor(temperature).detach()) if temperature is not None else None
+            self._last_temperature = temperature.detach() if torch.is_tensor(temperature) else temperature
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
@@ -302,7 +291,7 @@ class DistillationTrainer(Trainer):
             for k, v in sorted(self._terms.items()):
                 logs[k] = round(float(self.accelerator.reduce(v / self._terms_count, reduction="mean")), 6)
             if self._last_temperature is not None:
-                logs["temperature"] = round(self._last_temperature, 6)
+                logs["temperature"] = round(float(self._last_temperature), 6)
             self._terms, self._terms_count = {}, 0
         super().log(logs, start_time)
 
