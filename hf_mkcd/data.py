@@ -23,6 +23,8 @@ import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 
+from .augment import VIEWS, crop_flip
+
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                         "Ankle boot"]
@@ -43,11 +45,11 @@ class DataArguments:
     image_column_name: Optional[str] = field(default=None, metadata={"help": "Image column (detected if unset)."})
     label_column_name: Optional[str] = field(default=None, metadata={"help": "Label column (detected if unset)."})
     train_split: str = field(default="train", metadata={"help": "Training split."})
-    eval_split: Optional[str] = field(default=None, metadata={"help": "Evaluation split (validation, else test, else 10% of train)."})
+    eval_split: Optional[str] = field(default=None, metadata={"help": "Evaluation split (validation, else test, else a seeded tenth of train)."})
     max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."})
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
     image_size: Optional[int] = field(default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."})
-    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (CIFAR recipe: random crop with 4-pixel padding + flip), none, or weak_strong (crop_flip + a RandAugment/cutout second view, for mlkd)."})
+    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (the CIFAR recipe: random crop with 4-pixel padding + flip) or none. Extra views a method reads (MLKD's strong view) are added because the method asks for them."})
     image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
     image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
     split_seed: int = field(default=0, metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."})
@@ -196,7 +198,7 @@ def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2
 
 
 INDEX_COLUMN = "__index__"
-AUGMENTATIONS = ("crop_flip", "none", "weak_strong")
+AUGMENTATIONS = ("crop_flip", "none")
 
 
 class ImageTransform:
@@ -205,66 +207,53 @@ class ImageTransform:
     Training augmentation is a pure function of (seed, epoch, sample index): each sample draws from
     its own seeded RNG, so a resumed run, any ``dataloader_num_workers`` and any world size see
     exactly the same crops and flips (the global RNG is untouched). The trainer calls
-    :meth:`set_epoch` at each epoch start.
+    :meth:`set_epoch` at each epoch start. ``views`` names extra augmented views a method reads
+    (``hf_mkcd.augment.VIEWS``); each comes out as ``pixel_values_<view>``. Each training sample also
+    carries ``aug_epoch``, the epoch its augmentation was drawn for (the teacher cache's key).
     """
 
     def __init__(self, image_column: str, label_column: str, channels: int, image_size: int, mean, std,
-                 train: bool, augmentation: str = "crop_flip", seed: int = 0, padding: int = 4):
+                 train: bool, augmentation: str = "crop_flip", seed: int = 0, views: Sequence[str] = ()):
         from torchvision.transforms import v2
 
         if augmentation not in AUGMENTATIONS:
             raise ValueError(f"unknown augmentation {augmentation!r}: one of {AUGMENTATIONS}")
+        unknown = set(views) - set(VIEWS)
+        if unknown:
+            raise ValueError(f"unknown view(s) {sorted(unknown)}: the pipeline makes {sorted(VIEWS)}")
         self.image_column, self.label_column, self.channels = image_column, label_column, channels
-        self.seed, self.epoch, self.padding = seed, 0, padding
-        self.augment = train and augmentation in ("crop_flip", "weak_strong")
-        self.strong = train and augmentation == "weak_strong"
+        self.seed, self.epoch, self.train = seed, 0, train
+        self.augment = train and augmentation == "crop_flip"
+        self.views = tuple(views) if train else ()
         self.resize = v2.Resize((image_size, image_size), antialias=True)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
-    def crop_flip(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """RandomCrop(size, padding=4, fill 0) + RandomHorizontalFlip(0.5), drawn from ``generator``."""
-        p, (h, w) = self.padding, x.shape[-2:]
-        x = torch.nn.functional.pad(x, (p, p, p, p))
-        i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
-        x = x[:, i:i + h, j:j + w]
-        return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
-
-    def strong_view(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """MLKD's strong view: crop + flip + RandAugment(2 ops, random magnitude) + a cutout of up to half
-        the side. torchvision draws from the global RNG, so it runs on a forked RNG seeded from ``generator``."""
-        from torchvision.transforms import v2
-
-        x = self.crop_flip(x, generator)
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(int(torch.randint(0, 2 ** 62, (1,), generator=generator)))
-            magnitude = int(torch.randint(0, 31, (1,)))
-            x = v2.RandAugment(num_ops=2, magnitude=magnitude)(x if x.shape[0] in (1, 3) else x[:3])
-            x = v2.RandomErasing(p=1.0, scale=(0.0, 0.25), ratio=(1.0, 1.0), value=0)(x)
-        return x
-
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
-        pixels, strong = [], []
+        pixels, views = [], {v: [] for v in self.views}
         generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
             x = self.resize(to_channels(_to_tensor(image), self.channels))
-            if self.augment:
+            if self.augment or self.views:
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
                     generator.seed()
                 else:
                     generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
-                if self.strong:
-                    strong.append(self.normalize(self.strong_view(x, generator)))
-                x = self.crop_flip(x, generator)
+                for view in self.views:
+                    views[view].append(self.normalize(VIEWS[view](x, generator)))
+                if self.augment:
+                    x = crop_flip(x, generator)
             pixels.append(self.normalize(x))
         out = {"pixel_values": pixels, "labels": batch[self.label_column]}
-        if self.strong:
-            out["pixel_values_strong"] = strong
+        for view, values in views.items():
+            out[f"pixel_values_{view}"] = values
         if INDEX_COLUMN in batch:
             out["index"] = batch[INDEX_COLUMN]  # the sample's position in the training set (CRD's memory bank)
+            if self.train:
+                out["aug_epoch"] = [self.epoch] * len(pixels)
         return out
 
 
@@ -281,8 +270,10 @@ class PreparedData:
     std: Sequence[float]
 
 
-def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None) -> PreparedData:
+def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None,
+                     views: Sequence[str] = ()) -> PreparedData:
     """Load, split, truncate and attach transforms. ``channels=None``: the images' own (RGBA -> RGB).
+    ``views``: extra augmented training views the method reads (``Distiller.views``).
     ``mean``/``std`` (e.g. the teacher's) win over known or measured statistics;
     ``args.image_mean``/``image_std`` win over everything."""
     ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.split_seed)
@@ -314,7 +305,7 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
     names = train.features[label_column].names
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
     train.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, True,
-                                       args.augmentation, args.split_seed))
+                                       args.augmentation, args.split_seed, views))
     evaluation.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
     return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
                         source_channels, channels, list(mean), list(std))

@@ -3,25 +3,27 @@
 Keys: ``features`` (the map the classifier pools), ``stages`` (``forward_intermediates``: stem + stage
 maps), ``preact_stages`` (the same maps before their last ReLU: CIFAR zoo only), ``pooled`` (the
 global-pooled feature), ``logits``, and for the student ``projected`` (its projector's output).
+:func:`probe_shapes` runs both models once on a dummy batch to learn every shape a check or a
+method's own modules need.
 """
 from __future__ import annotations
 
-from typing import Dict, Iterable
+from typing import Dict, Iterable, Tuple
 
 import torch
 import torch.nn as nn
 
-from .models.modeling_mkcd_student import MKCDStudentForImageClassification, match_channels
+from .models.helpers import first_conv_in_channels, match_channels
 
+MODEL_OUTPUTS = frozenset({"logits", "pooled", "features", "projected", "stages", "preact_stages"})
 STAGE_KEYS = {"stages", "preact_stages"}
-DATA_KEYS = {"index", "strong"}  # read from the batch, not computed by a model
 
 
 def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str], who: str = "model") -> Dict[str, object]:
     needs = set(needs)
     out: Dict[str, object] = {}
     if needs & STAGE_KEYS:
-        name = getattr(backbone, "pretrained_cfg", {}).get("architecture", type(backbone).__name__)
+        name = (getattr(backbone, "pretrained_cfg", None) or {}).get("architecture", type(backbone).__name__)
         if "preact_stages" in needs:
             if not hasattr(backbone, "forward_stage_maps"):
                 raise ValueError(
@@ -39,8 +41,8 @@ def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str],
     return out
 
 
-def student_outputs(student: MKCDStudentForImageClassification, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
-    needs = (set(needs) - DATA_KEYS) | {"logits"}
+def student_outputs(student, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
+    needs = set(needs) | {"logits"}
     out = backbone_outputs(student.backbone, match_channels(x, student.config.num_channels), needs, "student")
     projected = None
     if student.projector is not None and ("projected" in needs or student.classifier is not None):
@@ -52,10 +54,34 @@ def student_outputs(student: MKCDStudentForImageClassification, x: torch.Tensor,
 
 
 def teacher_outputs(teacher: nn.Module, x: torch.Tensor, needs: Iterable[str]) -> Dict[str, object]:
-    needs = set(needs) - DATA_KEYS
+    needs = set(needs)
     out = backbone_outputs(teacher, x, needs, "teacher")
     if "logits" in needs:
         out["logits"] = teacher.forward_head(out["features"])
     if "pooled" in needs:
         out["pooled"] = teacher.forward_head(out["features"], pre_logits=True)
     return out
+
+
+def _shapes(outputs: Dict[str, object]) -> Dict[str, object]:
+    return {k: ([tuple(t.shape[1:]) for t in v] if isinstance(v, list) else tuple(v.shape[1:]))
+            for k, v in outputs.items()}
+
+
+@torch.no_grad()
+def probe_shapes(student, teacher: nn.Module, student_needs: Iterable[str], teacher_needs: Iterable[str]
+                 ) -> Tuple[Dict[str, object], Dict[str, object]]:
+    """Shapes of what the two models give, from one dummy batch (2 images) at the student's input size,
+    both in eval mode (BN statistics untouched)."""
+    cfg = student.config
+    modes = (student.training, teacher.training)
+    student.eval(), teacher.eval()
+    try:
+        x = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size, device=next(student.parameters()).device)
+        s = student_outputs(student, x, student_needs)
+        t_in = torch.zeros(2, first_conv_in_channels(teacher, cfg.num_channels), cfg.image_size, cfg.image_size,
+                           device=next(teacher.parameters()).device)
+        t = teacher_outputs(teacher, t_in, teacher_needs)
+    finally:
+        student.train(modes[0]), teacher.train(modes[1])
+    return _shapes(s), _shapes(t)

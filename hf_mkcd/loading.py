@@ -18,7 +18,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from .models.modeling_mkcd_student import MKCDStudentForImageClassification, create_timm_model, teacher_linear_head
+from .models.helpers import check_num_classes, create_timm_model, teacher_linear_head
+from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 
 
 class CheckpointError(ValueError):
@@ -211,11 +212,6 @@ def load_teacher(name_or_path: str, checkpoint: Optional[str] = None, num_classe
     else:
         create_timm_model(name_or_path)  # raises with close matches
         raise AssertionError("unreachable")
-    if num_classes is not None:
-        n = teacher_linear_head(teacher).out_features if hasattr(teacher, "get_classifier") else None
-        if n is not None and n != num_classes:
-            raise ValueError(
-                f"class-count mismatch: teacher {name_or_path!r} predicts {n} classes, the dataset has {num_classes}. "
-                "Use a teacher trained on this dataset."
-            )
+    if num_classes is not None and hasattr(teacher, "get_classifier"):
+        check_num_classes(**{f"teacher {name_or_path!r}": teacher_linear_head(teacher).out_features, "dataset": num_classes})
     return teacher.eval().requires_grad_(False)

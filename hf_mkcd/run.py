@@ -21,7 +21,7 @@ from .data import DataArguments, prepare_datasets
 from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
-from .models.modeling_mkcd_student import check_timm_name, first_conv_in_channels, teacher_linear_head
+from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger("hf_mkcd")
@@ -29,14 +29,26 @@ logger = logging.getLogger("hf_mkcd")
 
 @dataclass
 class ModelArguments:
-    """The student (``model_name_or_path``: a timm / CIFAR-zoo architecture) and, for distillation, the teacher."""
+    """The student (``model_name_or_path``: a timm / CIFAR-zoo architecture) and, for distillation, the teacher.
+
+    The projector and head default to the method's own; the projector options left unset take the
+    projector's defaults (``hf_mkcd.models.projectors.projector_options``), and one the projector does
+    not take is refused.
+    """
 
     model_name_or_path: str = field(default="cifar_resnet8x4", metadata={"help": "timm architecture of the student (e.g. cifar_resnet8x4, resnet18)."})
     teacher_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Teacher: a saved directory, a timm / CIFAR-zoo name (with --teacher_checkpoint) or a Hub id."})
     teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Teacher weights for a timm name: community .pth ('model'/'state_dict') or .safetensors."})
-    projector_factor: int = field(default=2, metadata={"help": "Projector width: m = C_teacher / factor."})
-    projector_latent_ratio: int = field(default=2, metadata={"help": "MKCD projector latent: m / ratio channels."})
-    projector_skip: bool = field(default=False, metadata={"help": "MKCD projector: add a 1x1 skip connection."})
+    projector: Optional[str] = field(default=None, metadata={"help": "Student projector: mkcd, simkd, identity, srrl, or none (default: the method's)."})
+    head: Optional[str] = field(default=None, metadata={"help": "Student head: teacher (the teacher's frozen classifier) or student (default: the method's)."})
+    projector_factor: Optional[int] = field(default=None, metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default 2)."})
+    projector_latent_ratio: Optional[int] = field(default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."})
+    projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 skip connection (default false)."})
+
+    def projector_kwargs(self) -> dict:
+        """The projector options set by the user (unset ones keep the projector's own defaults)."""
+        given = {"factor": self.projector_factor, "latent_ratio": self.projector_latent_ratio, "skip": self.projector_skip}
+        return {k: v for k, v in given.items() if v is not None}
 
 
 def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
@@ -57,7 +69,7 @@ def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
                 file_args += [f"--{key}", json.dumps(value)]
             else:
                 file_args += [f"--{key}", str(value)]
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # a recipe key must name a flag exactly
     return parser.parse_args_into_dataclasses(args=file_args + argv, look_for_args_file=False)
 
 
@@ -70,45 +82,64 @@ def _save_config(output_dir: str, *configs) -> None:
         yaml.safe_dump(json.loads(json.dumps(resolved, default=str)), f, sort_keys=True)
 
 
+def setup_logging(should_log: bool) -> None:
+    """Our own handler on the ``hf_mkcd`` logger, nothing on the root logger: the libraries' lines are
+    printed by their own handlers, once."""
+    logger.setLevel(logging.INFO if should_log else logging.WARNING)
+    if not logger.handlers:
+        handler = logging.StreamHandler()
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        logger.addHandler(handler)
+        logger.propagate = False
+
+
+def build_student(model_args: ModelArguments, method, teacher, data, image_size: int) -> MKCDStudentForImageClassification:
+    """The student the method trains: its projector and head (or the ones asked for), built for the teacher."""
+    projector = model_args.projector or method.projector
+    projector = None if projector == "none" else projector
+    head = model_args.head or method.head
+    if teacher is None:
+        if projector is not None or head != "student":
+            raise ValueError(f"a student trained without a teacher has no projector and its own head; got projector="
+                             f"{projector!r}, head={head!r}")
+        return MKCDStudentForImageClassification(MKCDStudentConfig(
+            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=data.channels,
+            image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
+        ))
+    kwargs = model_args.projector_kwargs()
+    if kwargs and projector is None:
+        raise ValueError(f"projector options {sorted(kwargs)} were given, but method {method.name!r} trains a student "
+                         "without a projector (see --projector)")
+    return MKCDStudentForImageClassification.from_teacher(
+        teacher, model_args.model_name_or_path, projector=projector, head=head,
+        projector_kwargs=kwargs if projector else None, id2label=data.id2label,
+        image_size=image_size, image_mean=data.mean, image_std=data.std,
+        teacher_name=model_args.teacher_model_name_or_path,
+    )
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
-    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
-    logger.setLevel(logging.INFO if training_args.should_log else logging.WARN)
+    setup_logging(training_args.should_log)
     set_seed(training_args.seed)
     method = get_distiller_class(training_args.method)
 
     teacher = None
-    if method().needs_teacher:
+    if method.needs_teacher:
         if model_args.teacher_model_name_or_path is None:
             raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
         teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
         cfg = getattr(teacher, "pretrained_cfg", None) or {}
-        channels = first_conv_in_channels(teacher)
         image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
-        data = prepare_datasets(data_args, channels, image_size, cfg.get("mean"), cfg.get("std"))
-        n_teacher = teacher_linear_head(teacher).out_features
-        if n_teacher != len(data.id2label):
-            raise ValueError(
-                f"class-count mismatch: teacher {model_args.teacher_model_name_or_path!r} predicts {n_teacher} classes, "
-                f"dataset {data_args.dataset_name!r} has {len(data.id2label)}. Use a teacher trained on this dataset."
-            )
-        projector_kwargs = {"factor": model_args.projector_factor}
-        if method.projector == "mkcd":
-            projector_kwargs.update(latent_ratio=model_args.projector_latent_ratio, skip=model_args.projector_skip)
-        student = MKCDStudentForImageClassification.from_teacher(
-            teacher, model_args.model_name_or_path, projector=method.projector, head=method.head,
-            projector_kwargs=projector_kwargs if method.projector else None, id2label=data.id2label,
-            image_size=image_size, image_mean=data.mean, image_std=data.std,
-            teacher_name=model_args.teacher_model_name_or_path,
-        )
+        data = prepare_datasets(data_args, first_conv_in_channels(teacher), image_size, cfg.get("mean"), cfg.get("std"),
+                                views=method.views)
+        check_num_classes(**{f"teacher {model_args.teacher_model_name_or_path!r}": teacher_linear_head(teacher).out_features,
+                             f"dataset {data_args.dataset_name!r}": len(data.id2label)})
     else:
         check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
         image_size = data_args.image_size or input_size[-1]
-        data = prepare_datasets(data_args, None, image_size)  # channels: the images' own
-        student = MKCDStudentForImageClassification(MKCDStudentConfig(
-            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=data.channels,
-            image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
-        ))
+        data = prepare_datasets(data_args, None, image_size, views=method.views)  # channels: the images' own
+    student = build_student(model_args, method, teacher, data, image_size)
 
     if training_args.should_save:  # only the main process writes
         _save_config(training_args.output_dir, model_args, data_args, training_args)

@@ -1,9 +1,13 @@
 """``DistillationTrainer``: a ``transformers.Trainer`` that distils a frozen teacher into a student.
 
 * The trained module is ``DistillationModule(student, distiller)``: the optimizer, DDP and every
-  checkpoint see the student *and* the method's own trainable modules. The teacher is a Trainer
-  attribute: on the student's device, eval mode, ``requires_grad=False``, run under ``no_grad`` and
-  the accelerator's autocast, once per batch; never in the optimizer, never in a checkpoint.
+  checkpoint see the student *and* the method's own trainable modules (its temperature included).
+  The teacher is a Trainer attribute: on the student's device, eval mode, ``requires_grad=False``, run
+  under ``no_grad`` and the accelerator's autocast, once per batch and view; never in the optimizer,
+  never in a checkpoint.
+* What a method reads is declared on its class (``hf_mkcd.distillers.base``); the trainer serves it
+  generically: model outputs, extra views, batch keys, training stages, parameters a step must not
+  update. A new method touches its own file only.
 * Checkpoints hold the student exactly as ``save_pretrained`` writes it (so every ``checkpoint-N`` is a
   loadable model), plus ``distiller.safetensors`` for the method's state, plus Trainer's optimizer,
   scheduler and RNG states: resuming reproduces the run.
@@ -15,6 +19,8 @@ from __future__ import annotations
 
 import bisect
 import json
+import logging
+import math
 import os
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
@@ -24,33 +30,40 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from .distillers import Distiller, build_temperature_schedule, get_distiller_class, list_distillers
-from .distillers.temperature import TEMPERATURE_SCHEDULES
+from .distillers import DEFAULT_TEMPERATURE, TEMPERATURE_SCHEDULES, Step, build_temperature, get_distiller_class, list_distillers
+from .distillers.temperature import _check_positive
 from .evaluation import compute_metrics as default_compute_metrics
 from .features import student_outputs, teacher_outputs
-from .models.modeling_mkcd_student import (MKCDStudentForImageClassification, first_conv_in_channels, match_channels,
-                                           teacher_linear_head)
+from .models.helpers import first_conv_in_channels, match_channels
+from .models.modeling_mkcd_student import MKCDStudentForImageClassification
+from .validation import check_pair
 
 DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
+MULTISTEP_BASES = ("constant", "constant_with_warmup")  # schedulers that lr_decay_epochs decays
+logger = logging.getLogger("hf_mkcd")
 
 
 @dataclass
 class DistillationTrainingArguments(TrainingArguments):
-    r"""``TrainingArguments`` plus the distillation settings.
+    r"""``TrainingArguments`` plus the distillation settings; defaults are the CIFAR-100 recipe of the KD
+    literature (SGD 0.9, LR 0.05, weight decay 5e-4 on every parameter, batch 64, 240 epochs, LR x0.1
+    after epochs 150/180/210, no gradient clipping).
 
     Args:
         method (`str`): the distiller (``--method``): see ``hf_mkcd.list_distillers()``.
-        temperature_schedule (`str`): how the temperature moves over training (``constant``, ``linear_rising``,
-            ``linear_falling``, ``cosine_rising``, ``cosine_falling``).
+        temperature_schedule (`str`, *optional*): how the temperature moves over training (``constant``,
+            ``linear_rising``, ``linear_falling``, ``cosine_rising``, ``cosine_falling``, ``ctkd``); unset:
+            the method's own default.
         temperature (`float`): the constant temperature; temperature_min / temperature_max bound the ramps.
         ce_weight / kd_weight / feat_weight (`float`, *optional*): override the method's default loss weights.
+        distiller_kwargs (`str` or `dict`, *optional*): the method's other hyper-parameters (JSON).
         lr_decay_epochs (`list[int]`, *optional*): multiply the LR by ``lr_decay_rate`` after these epochs
-            (the CIFAR recipe: 150 180 210); replaces ``lr_scheduler_type``.
+            (the CIFAR recipe: 150 180 210), on top of a ``constant`` scheduler; ``[]`` turns it off.
     """
 
     method: str = field(default="mkcd", metadata={"help": "Distillation method: " + ", ".join(list_distillers())})
-    temperature_schedule: str = field(default="constant", metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES) + ", ctkd (learned, adversarial)"})
-    temperature: float = field(default=4.0, metadata={"help": "Temperature of the constant schedule."})
+    temperature_schedule: Optional[str] = field(default=None, metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES) + " (default: the method's own; constant for all but ctkd and mkcd)."})
+    temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Temperature of the constant schedule."})
     temperature_min: float = field(default=1.0, metadata={"help": "Lower end of a rising/falling schedule."})
     temperature_max: float = field(default=8.0, metadata={"help": "Upper end of a rising/falling schedule."})
     ce_weight: Optional[float] = field(default=None, metadata={"help": "Cross-entropy weight (method default if unset)."})
@@ -61,18 +74,18 @@ class DistillationTrainingArguments(TrainingArguments):
     distiller_kwargs: Optional[str] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
     lr_decay_epochs: Optional[List[int]] = field(
         default_factory=lambda: [150, 180, 210],
-        metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs (0 disables; also off when "
-                          "another --lr_scheduler_type than linear is chosen)."})
+        metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs, on top of the constant "
+                          "scheduler (an empty list turns it off; another --lr_scheduler_type is used as it is)."})
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Factor of each multi-step LR decay."})
-    # Defaults that differ from TrainingArguments: the CIFAR-100 recipe of the KD literature
-    # (METHODS.md 3.1: SGD 0.9, LR 0.05, wd 5e-4, batch 64, 240 epochs, x0.1 at 150/180/210);
-    # image columns are consumed by set_transform; every student parameter is used in each step.
     learning_rate: float = field(default=0.05, metadata={"help": "Initial LR (CIFAR recipe: 0.05; 0.01 for MobileNetV2/ShuffleNet students)."})
+    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers' LR scheduler; with 'constant' (the default) --lr_decay_epochs gives the CIFAR multi-step schedule."})
     weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
     weight_decay_all: bool = field(default=True, metadata={"help": "Decay every parameter, biases and BN included, as the CIFAR reference code does (false: transformers' rule, no decay on biases and norms)."})
+    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as none of the reference CIFAR training loops do."})
     optim: str = field(default="sgd", metadata={"help": "Optimizer (TrainingArguments' names)."})
     optim_args: Optional[str] = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
+    per_device_eval_batch_size: int = field(default=128, metadata={"help": "Evaluation batch size per device."})
     num_train_epochs: float = field(default=240.0, metadata={"help": "Training epochs."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
@@ -81,19 +94,36 @@ class DistillationTrainingArguments(TrainingArguments):
     do_train: bool = field(default=True, metadata={"help": "Train (--do_train false: only evaluate)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
+    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."})
 
     def __post_init__(self):
-        get_distiller_class(self.method)  # unknown method -> the valid ones are listed
+        method = get_distiller_class(self.method)  # unknown method -> the valid ones are listed
         if isinstance(self.distiller_kwargs, str):
-            self.distiller_kwargs = json.loads(self.distiller_kwargs)
-        build_temperature_schedule(self.temperature_schedule, **self.temperature_kwargs())
-        if self.lr_decay_epochs is not None:
-            self.lr_decay_epochs = [int(e) for e in self.lr_decay_epochs if int(e) > 0] or None
+            try:
+                self.distiller_kwargs = json.loads(self.distiller_kwargs)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"--distiller_kwargs must be a JSON object, e.g. '{{\"beta\": 2.0}}': {err}") from err
+        if self.distiller_kwargs is not None and not isinstance(self.distiller_kwargs, dict):
+            raise ValueError(f"--distiller_kwargs must be a JSON object (a mapping), got {self.distiller_kwargs!r}")
+        _check_positive(temperature=self.temperature, temperature_min=self.temperature_min,
+                        temperature_max=self.temperature_max)
+        if self.temperature_schedule is not None:
+            build_temperature(self.temperature_schedule, **self.temperature_kwargs())  # validates name and range
+            if not method.uses_temperature:
+                raise ValueError(f"method {self.method!r} uses no temperature: --temperature_schedule does not apply")
+        for name in ("ce_weight", "kd_weight", "feat_weight"):
+            value = getattr(self, name)
+            if value is not None and not math.isfinite(value):
+                raise ValueError(f"--{name} must be a finite number, got {value}")
+        self.lr_decay_epochs = [int(e) for e in (self.lr_decay_epochs or []) if int(e) > 0] or None
         if self.lr_decay_epochs is not None and sorted(self.lr_decay_epochs) != list(self.lr_decay_epochs):
             raise ValueError(f"lr_decay_epochs must be increasing, got {self.lr_decay_epochs}")
-        if str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type)) != "linear":
-            self.lr_decay_epochs = None  # an explicitly chosen scheduler wins over the multi-step default
         super().__post_init__()
+        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if self.lr_decay_epochs is not None and scheduler not in MULTISTEP_BASES:
+            logger.warning(f"--lr_scheduler_type {scheduler} is used as it is: --lr_decay_epochs {self.lr_decay_epochs} "
+                           f"only decays the {' / '.join(MULTISTEP_BASES)} schedulers and is ignored")
+            self.lr_decay_epochs = None
 
     def temperature_kwargs(self) -> dict:
         return dict(temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max)
@@ -117,32 +147,29 @@ class DistillationModule(nn.Module):
         self.distiller = distiller
         self.config = student.config
 
-    def forward(self, pixel_values, labels=None, teacher_outputs=None, temperature=None, progress: float = 0.0,
-                epoch: float = 0.0, index=None, pixel_values_strong=None):
-        distilling = teacher_outputs is not None or not self.distiller.needs_teacher
-        needs = self.distiller.student_needs if (distilling and labels is not None) else {"logits"}
-        student = student_outputs(self.student, pixel_values, needs)
-        if labels is None:
-            return {"logits": student["logits"]}
-        if not distilling:  # evaluation: the student's own cross-entropy
-            return {"loss": nn.functional.cross_entropy(student["logits"].float(), labels), "logits": student["logits"]}
-        if "strong" in self.distiller.student_needs:
-            if pixel_values_strong is None:
-                raise ValueError(f"method {self.distiller.name!r} needs a strong second view: --augmentation weak_strong")
-            student["logits_strong"] = student_outputs(self.student, pixel_values_strong, {"logits"})["logits"]
-        if "index" in self.distiller.student_needs:
-            if index is None:
-                raise ValueError(f"method {self.distiller.name!r} needs each sample's dataset index: prepare the training "
-                                 "set with hf_mkcd.data.prepare_datasets (it adds the index column)")
-            student["index"] = index
-        teacher = dict(teacher_outputs or {})
+    def _align(self, teacher: Dict[str, object]) -> Dict[str, object]:
         if "features" in teacher:
             proj = self.student.projector
             teacher["features_aligned"] = proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
-        if self.distiller.temperature_module is not None:
-            temperature = self.distiller.temperature_module(epoch)
-        terms = self.distiller(student, teacher, labels, temperature=temperature, progress=progress, epoch=epoch)
-        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms, "temperature": temperature}
+        return teacher
+
+    def forward(self, pixel_values, labels=None, teacher_outputs=None, step: Optional[Step] = None,
+                views: Optional[Dict[str, torch.Tensor]] = None, batch: Optional[Dict[str, torch.Tensor]] = None):
+        if step is None or labels is None:  # inference / evaluation: the student alone
+            logits = student_outputs(self.student, pixel_values, {"logits"})["logits"]
+            if labels is None:
+                return {"logits": logits}
+            return {"loss": nn.functional.cross_entropy(logits.float(), labels), "logits": logits}
+        distiller, needs = self.distiller, self.distiller.student_needs
+        student = student_outputs(self.student, pixel_values, needs)
+        teacher = self._align(dict(teacher_outputs or {}))
+        for view in distiller.views:
+            student[view] = student_outputs(self.student, views[view], needs)
+            if view in teacher:
+                teacher[view] = self._align(dict(teacher[view]))
+        step.temperature = distiller.temperature(step) if distiller.temperature is not None else None
+        terms = distiller(student, teacher, {"labels": labels, **(batch or {})}, step)
+        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms, "temperature": step.temperature}
 
 
 class MultiStepSchedule:
@@ -179,60 +206,46 @@ class DistillationTrainer(Trainer):
             raise TypeError("args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)")
         if not isinstance(model, MKCDStudentForImageClassification):
             raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
-        cls = type(distiller) if distiller is not None else get_distiller_class(args.method)
-        if not cls.teacher_needs:
+        method = type(distiller) if distiller is not None else get_distiller_class(args.method)
+        if not method.needs_teacher:
             teacher_model = None
         elif teacher_model is None:
-            raise ValueError(f"method {args.method!r} needs a teacher: pass teacher_model=")
-        self._check_pair(model, teacher_model, cls, args.method)
+            raise ValueError(f"method {method.name!r} needs a teacher: pass teacher_model=")
         self._check_world_size(args)
         train_dataset = kwargs.get("train_dataset")
-        distiller = distiller or cls(
-            student=model, teacher=teacher_model, **args.loss_weights(),
-            num_train_samples=len(train_dataset) if train_dataset is not None and hasattr(train_dataset, "__len__") else None)
-        schedule = build_temperature_schedule("ctkd" if distiller.learned_temperature else args.temperature_schedule,
-                                              **args.temperature_kwargs())
-        if isinstance(schedule, nn.Module):
-            if not distiller.uses_temperature:
-                raise ValueError(f"method {args.method!r} uses no temperature: --temperature_schedule ctkd does not apply")
-            distiller.temperature_module = schedule
+        self._check_batches(train_dataset, method)
+        pair = check_pair(model, teacher_model, method,
+                          num_train_samples=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        if distiller is None:
+            schedule = args.temperature_schedule or method.temperature_schedule
+            temperature = build_temperature(schedule, **args.temperature_kwargs()) if method.uses_temperature else None
+            distiller = method(pair=pair, temperature=temperature, **args.loss_weights())
         kwargs.setdefault("compute_metrics", default_compute_metrics)
         super().__init__(model=DistillationModule(model, distiller), args=args, **kwargs)
         self.teacher = None
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
-        self.temperature_schedule = None if isinstance(schedule, nn.Module) else schedule
+        self._terms: Dict[str, torch.Tensor] = {}
+        self._terms_count = 0
+        self._last_temperature = None
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
-        self._terms: Dict[str, torch.Tensor] = {}
-        self._terms_count = 0
-        self._last_temperature = None  # float, or a detached tensor for a learned temperature
 
-    # -- validation before anything runs ---------------------------------------------------------
     @staticmethod
-    def _check_pair(student, teacher, method_cls, method):
-        cfg = student.config
-        if (method_cls.projector or None) != cfg.projector or method_cls.head != cfg.head:
-            raise ValueError(
-                f"method {method!r} trains a student with projector={method_cls.projector!r}, head={method_cls.head!r}, but "
-                f"this student has projector={cfg.projector!r}, head={cfg.head!r}. Build it with "
-                f"MKCDStudentForImageClassification.from_teacher(teacher, {cfg.backbone!r}, projector={method_cls.projector!r}, "
-                f"head={method_cls.head!r})."
-            )
-        if teacher is None:
+    def _check_batches(train_dataset, method) -> None:
+        """The batch keys and views the method reads must come out of the training set: checked on sample 0."""
+        wanted = set(method.batch_needs) | {f"pixel_values_{v}" for v in method.views}
+        if not wanted or train_dataset is None or not hasattr(train_dataset, "__getitem__"):
             return
-        n_teacher = teacher_linear_head(teacher).out_features
-        if n_teacher != cfg.num_labels:
-            raise ValueError(f"class-count mismatch: the teacher predicts {n_teacher} classes, the student {cfg.num_labels}")
-        if cfg.teacher_feature_shape is not None:
-            shape = list(Distiller.probe(student, teacher, set(), {"features"})[1]["features"])
-            if shape != list(cfg.teacher_feature_shape):
-                raise ValueError(
-                    f"feature-shape mismatch: the student was built for a teacher map {cfg.teacher_feature_shape}, "
-                    f"this teacher gives {shape} at {cfg.image_size}x{cfg.image_size}; rebuild the student with from_teacher"
-                )
+        missing = sorted(wanted - set(train_dataset[0]))
+        if missing:
+            raise ValueError(
+                f"method {method.name!r} reads {missing} from each training batch, which this training set does not "
+                f"give: prepare it with hf_mkcd.data.prepare_datasets(..., views={tuple(method.views)!r}) (it adds the "
+                "sample index and the method's views)"
+            )
 
     @staticmethod
     def _check_world_size(args):
@@ -252,46 +265,60 @@ class DistillationTrainer(Trainer):
     def student(self) -> MKCDStudentForImageClassification:
         return self.accelerator.unwrap_model(self.model).student
 
-    def _teacher_outputs(self, pixel_values: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _teacher_outputs(self, inputs, views: Dict[str, torch.Tensor]) -> Dict[str, object]:
+        needs = self.distiller.teacher_needs
         with torch.no_grad(), self.accelerator.autocast():
-            return teacher_outputs(self.teacher, match_channels(pixel_values, self._teacher_in_chans),
-                                   self.distiller.teacher_needs)
+            out = teacher_outputs(self.teacher, match_channels(inputs["pixel_values"], self._teacher_in_chans), needs)
+            for view, pixels in views.items():
+                out[view] = teacher_outputs(self.teacher, match_channels(pixels, self._teacher_in_chans), needs)
+        return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")
-        training = model.training and labels is not None
-        teacher_outputs = self._teacher_outputs(pixel_values) if (training and self.teacher is not None) else None
-        strong = inputs.get("pixel_values_strong")
-        if teacher_outputs is not None and strong is not None and "strong" in self.distiller.teacher_needs:
-            teacher_outputs["logits_strong"] = self._teacher_outputs(strong)["logits"]
-        progress = self.state.global_step / self.state.max_steps if self.state.max_steps else 0.0
-        temperature = self.temperature_schedule(progress) \
-            if (self.distiller.uses_temperature and self.temperature_schedule is not None) else None
-        out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher_outputs,
-                    temperature=temperature, progress=progress, epoch=float(self.state.epoch or 0.0),
-                    index=inputs.get("index"), pixel_values_strong=strong if training else None)
-        loss = out.get("loss")
-        if training:
-            terms = out["terms"]
-            if not torch.isfinite(loss.detach()).all():
-                shown = {k: float(v.detach()) for k, v in terms.items()}
-                raise FloatingPointError(
-                    f"non-finite loss at step {self.state.global_step} (epoch {self.state.epoch}): loss terms {shown}, "
-                    f"temperature {temperature}. Lower the learning rate or the loss weights, or check the inputs."
-                )
-            for k, v in terms.items():
-                self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
-            self._terms_count += 1
-            temperature = out.get("temperature", temperature)
-            self._last_temperature = temperature.detach() if torch.is_tensor(temperature) else temperature
+        if not (model.training and labels is not None):  # evaluation: the student's own cross-entropy
+            out = model(pixel_values=pixel_values, labels=labels)
+            return (out.get("loss"), {"logits": out["logits"]}) if return_outputs else out.get("loss")
+        distiller = self.distiller
+        step = Step.from_trainer_state(self.state)
+        views = {v: inputs[f"pixel_values_{v}"] for v in distiller.views}
+        teacher = self._teacher_outputs(inputs, views) if self.teacher is not None else None
+        out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher, step=step, views=views,
+                    batch={k: inputs[k] for k in distiller.batch_needs})
+        loss, terms = out["loss"], out["terms"]
+        if not torch.isfinite(loss.detach()).all():
+            shown = {k: float(v.detach()) for k, v in terms.items()}
+            raise FloatingPointError(
+                f"non-finite loss at step {self.state.global_step} (epoch {self.state.epoch}): loss terms {shown}, "
+                f"temperature {_as_float(out['temperature'])}. Lower the learning rate or the loss weights, or check "
+                "the inputs."
+            )
+        for k, v in terms.items():
+            self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
+        self._terms_count += 1
+        self._last_temperature = out["temperature"]
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        """Trainer's step plus the method's stage structure: a fresh optimizer state when the stage changes,
+        no update for the parameters it freezes this step (AB's initialisation)."""
+        distiller, step = self.distiller, Step.from_trainer_state(self.state)
+        previous = Step.previous_epoch(self.state)
+        if previous is not None and distiller.stage(previous) != distiller.stage(step.epoch):
+            self.optimizer.state.clear()  # the reference code starts each stage with a new optimizer
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        frozen = set(distiller.frozen_parameters(step))
+        if frozen:
+            for name, p in self.accelerator.unwrap_model(model).named_parameters():
+                if name in frozen:
+                    p.grad = None
+        return loss
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and self._terms_count:
             for k, v in sorted(self._terms.items()):
                 logs[k] = round(float(self.accelerator.reduce(v / self._terms_count, reduction="mean")), 6)
             if self._last_temperature is not None:
-                logs["temperature"] = round(float(self._last_temperature), 6)
+                logs["temperature"] = round(_as_float(self._last_temperature), 6)
             self._terms, self._terms_count = {}, 0
         super().log(logs, start_time)
 
@@ -338,3 +365,7 @@ class DistillationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+def _as_float(value) -> Optional[float]:
+    return None if value is None else float(value.detach() if torch.is_tensor(value) else value)

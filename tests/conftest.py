@@ -18,13 +18,14 @@ def rng():
     return torch.Generator().manual_seed(0)
 
 
-def tiny_data(size: int = 16, n_train: int = 64, n_eval: int = 32, channels: int = 1, augmentation: str = "crop_flip"):
+def tiny_data(size: int = 16, n_train: int = 64, n_eval: int = 32, channels: int = 1, augmentation: str = "crop_flip",
+              views=()):
     """scikit-learn's real 8x8 digits, upsampled to ``size``: tiny, offline, 10 classes."""
     from hf_mkcd.data import DataArguments, prepare_datasets
 
     args = DataArguments(dataset_name="digits", max_train_samples=n_train, max_eval_samples=n_eval,
                          augmentation=augmentation)
-    return prepare_datasets(args, channels, size)
+    return prepare_datasets(args, channels, size, views=views)
 
 
 def tiny_teacher(seed: int = 0, in_chans: int = 1, num_classes: int = 10):

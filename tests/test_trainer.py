@@ -112,15 +112,23 @@ def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
 
 def test_nan_loss_stops_with_step_and_terms(data, tmp_path):
     teacher = tiny_teacher()
-    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
-                                  args=tiny_args(tmp_path, method="kd", kd_weight=float("nan")), train_dataset=data.train)
+    student = tiny_student(teacher, "kd", data)
+    with torch.no_grad():
+        teacher.fc.weight[0, 0] = float("nan")  # the teacher's logits, hence the KD term, are NaN
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="kd"),
+                                  train_dataset=data.train)
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0.*loss_kd.*nan"):
         trainer.train()
+    for bad in ("nan", "inf"):  # non-finite settings are refused before anything is built
+        with pytest.raises(ValueError, match="kd_weight must be a finite number"):
+            tiny_args(tmp_path, method="kd", kd_weight=float(bad))
+        with pytest.raises(ValueError, match="temperature must be a finite number > 0"):
+            tiny_args(tmp_path, method="kd", temperature=float(bad))
 
 
 def test_refused_before_training(data, tmp_path):
     teacher = tiny_teacher()
-    with pytest.raises(ValueError, match="method 'mkcd' trains a student with projector='mkcd'.*from_teacher"):
+    with pytest.raises(ValueError, match="method 'mkcd' .* needs a projector; this student has projector=None.*from_teacher"):
         DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
                             args=tiny_args(tmp_path, method="mkcd"), train_dataset=data.train)
     with pytest.raises(ValueError, match="needs a teacher"):

@@ -6,7 +6,7 @@ import pytest
 import torch
 from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
 
-from hf_mkcd.distillers import get_distiller_class, list_distillers
+from hf_mkcd.distillers import Step, get_distiller_class, list_distillers
 from hf_mkcd.distillers.at import at_loss
 from hf_mkcd.distillers.dist import dist_loss
 from hf_mkcd.distillers.dkd import dkd_loss
@@ -44,12 +44,29 @@ def test_dkd_by_hand():
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
 
-def test_dkd_warmup_scales_the_kd_term():
-    dkd = get_distiller_class("dkd")()
-    s, t, y = torch.randn(4, 5), torch.randn(4, 5), torch.tensor([0, 1, 2, 3])
-    full = dkd({"logits": s}, {"logits": t}, y, temperature=4.0, epoch=25.0)["loss_kd"]
-    half = dkd({"logits": s}, {"logits": t}, y, temperature=4.0, epoch=10.0)["loss_kd"]
-    assert half.item() == pytest.approx(0.5 * full.item(), rel=1e-6)
+@pytest.mark.parametrize("method", ["dkd", "reviewkd"])
+def test_warmup_counts_whole_epochs_from_one_like_mdistiller(method):
+    """mdistiller: ``min(epoch / 20, 1)`` with ``for epoch in range(1, ...)``: 0.05 in the first epoch."""
+    from hf_mkcd.distillers.losses import warmup_factor
+
+    assert [warmup_factor(e, 20.0) for e in (1, 2, 10, 20, 21)] == pytest.approx([0.05, 0.1, 0.5, 1.0, 1.0])
+    if method == "dkd":
+        dkd = get_distiller_class("dkd")()
+        s, t, y = torch.randn(4, 5), torch.randn(4, 5), {"labels": torch.tensor([0, 1, 2, 3])}
+        full = dkd({"logits": s}, {"logits": t}, y, Step(epoch=25, temperature=4.0))["loss_kd"]
+        first = dkd({"logits": s}, {"logits": t}, y, Step(epoch=1, temperature=4.0))["loss_kd"]
+        assert first.item() == pytest.approx(0.05 * full.item(), rel=1e-6)
+
+
+def test_trainer_step_epoch_is_whole_and_one_based():
+    from types import SimpleNamespace
+
+    def at(epoch, step=1):
+        return Step.from_trainer_state(SimpleNamespace(epoch=epoch, global_step=step, max_steps=100))
+
+    assert [at(e).epoch for e in (0.0, 0.25, 0.999, 1.0, 1.5, 19.999, 20.0)] == [1, 1, 1, 2, 2, 20, 21]
+    assert Step.previous_epoch(SimpleNamespace(epoch=0.0, global_step=0)) is None
+    assert [Step.previous_epoch(SimpleNamespace(epoch=e, global_step=5)) for e in (0.25, 1.0, 1.25, 30.0)] == [1, 1, 2, 30]
 
 
 def test_dist_by_hand():
@@ -121,7 +138,7 @@ def data():
 
 @pytest.fixture(scope="module")
 def data_two_views():
-    return tiny_data(n_train=48, augmentation="weak_strong")
+    return tiny_data(n_train=48, views=("strong",))
 
 
 @pytest.mark.parametrize("method", list_distillers())
@@ -148,16 +165,16 @@ def test_every_method_trains_three_steps(method, data, data_two_views, tmp_path)
 
 
 def test_ctkd_lambda_ramp_and_reversed_gradient():
-    from hf_mkcd.distillers.ctkd import LearnableTemperature, ctkd_lambda
+    from hf_mkcd.distillers.temperature import CTKDTemperature, ctkd_lambda
 
-    assert ctkd_lambda(0.0) == pytest.approx((math.cos(math.pi / 10) + 1) / 2 - 1)  # epochs count from 1
-    assert ctkd_lambda(4.5) == pytest.approx(-0.5) and ctkd_lambda(9.0) == -1.0 and ctkd_lambda(30.0) == -1.0
-    temp = LearnableTemperature()
-    assert temp(0.0).item() == pytest.approx(1 + 20 / (1 + math.exp(-1)))  # tau ~ 15.6 at start
+    assert ctkd_lambda(1) == pytest.approx((math.cos(math.pi / 10) + 1) / 2 - 1)  # epochs count from 1
+    assert ctkd_lambda(5) == pytest.approx(-0.5) and ctkd_lambda(10) == -1.0 and ctkd_lambda(31) == -1.0
+    temp = CTKDTemperature()
+    assert temp(Step(epoch=1)).item() == pytest.approx(1 + 20 / (1 + math.exp(-1)))  # tau ~ 15.6 at start
     s, t = torch.randn(4, 5), torch.randn(4, 5)
     from hf_mkcd.distillers import kd_loss
 
-    kd_loss(s, t, temp(20.0)).backward()  # lambda = -1: theta ascends the KD loss
+    kd_loss(s, t, temp(Step(epoch=21))).backward()  # lambda = -1: theta ascends the KD loss
     reversed_grad = temp.theta.grad.clone()
     theta = torch.tensor(1.0, requires_grad=True)
     kd_loss(s, t, 1 + 20 * torch.sigmoid(theta)).backward()
@@ -169,7 +186,7 @@ def test_ctkd_temperature_is_trained_logged_and_checkpointed(data, tmp_path):
     trainer = DistillationTrainer(model=tiny_student(teacher, "dkd", data), teacher_model=teacher,
                                   args=tiny_args(tmp_path, method="dkd", temperature_schedule="ctkd", max_steps=3,
                                                  save_strategy="steps", save_steps=3), train_dataset=data.train)
-    theta = trainer.distiller.temperature_module.theta
+    theta = trainer.distiller.temperature.theta
     trainer.create_optimizer()
     assert any(p is theta for g in trainer.optimizer.param_groups for p in g["params"])
     before = theta.item()
@@ -180,10 +197,9 @@ def test_ctkd_temperature_is_trained_logged_and_checkpointed(data, tmp_path):
     from safetensors.torch import load_file
 
     saved = load_file(tmp_path / "checkpoint-3" / "distiller.safetensors")
-    assert saved["temperature_module.theta"].item() == pytest.approx(theta.item())
+    assert saved["temperature.theta"].item() == pytest.approx(theta.item())
     with pytest.raises(ValueError, match="uses no temperature"):
-        DistillationTrainer(model=tiny_student(teacher, "at", data), teacher_model=teacher,
-                            args=tiny_args(tmp_path, method="at", temperature_schedule="ctkd"), train_dataset=data.train)
+        tiny_args(tmp_path, method="at", temperature_schedule="ctkd")
 
 
 def test_srrl_logits_are_the_teacher_head_on_the_pooled_connector(data):
@@ -235,13 +251,18 @@ def test_ofd_refuses_teachers_without_bn_before_relu(data):
 
     from hf_mkcd.distillers import get_distiller_class
 
+    from hf_mkcd.validation import check_pair
+
+    ofd = get_distiller_class("ofd")
     shuffle = timm.create_model("cifar_shufflev1", in_chans=1, num_classes=10).eval()
     student = tiny_student(tiny_teacher(), "ofd", data)
     with pytest.raises(ValueError, match="ofd: .*no BN right before each stage's ReLU"):
-        get_distiller_class("ofd")(student=student, teacher=shuffle)
+        ofd(pair=check_pair(student, shuffle, ofd))
     generic = timm.create_model("resnet10t", in_chans=1, num_classes=10).eval()
     with pytest.raises(ValueError, match="does not expose"):
-        get_distiller_class("ofd")(student=student, teacher=generic)
+        ofd(pair=check_pair(student, generic, ofd))
+    with pytest.raises(ValueError, match="builds modules from the teacher/student pair"):
+        ofd()
 
 
 def test_nce_and_hcl_by_hand():
@@ -302,21 +323,20 @@ def test_mlkd_terms_by_hand_and_its_second_view(data, tmp_path):
     got = mlkd_terms(*(torch.tensor(a) for a in (sw, tw, ss, ts)), weight=1.0)
     assert [g.item() for g in got] == pytest.approx([inst, cls, bat], rel=1e-5)
     teacher = tiny_teacher()
-    trainer = DistillationTrainer(model=tiny_student(teacher, "mlkd", data), teacher_model=teacher,
-                                  args=tiny_args(tmp_path, method="mlkd"), train_dataset=data.train)
-    with pytest.raises(ValueError, match="needs a strong second view: --augmentation weak_strong"):
-        trainer.train()
+    with pytest.raises(ValueError, match="reads \\['pixel_values_strong'\\].*views=\\('strong',\\)"):
+        DistillationTrainer(model=tiny_student(teacher, "mlkd", data), teacher_model=teacher,
+                            args=tiny_args(tmp_path, method="mlkd"), train_dataset=data.train)
 
 
 GENERIC_PAIRS = {
     # teacher factory, student, methods refused before training (and why)
     "resnet18->mobilenetv3_small_100": (
         lambda: __import__("timm").create_model("resnet18", num_classes=10).eval(), "mobilenetv3_small_100",
-        {"ab": "pre-activation", "ofd": "BN before each stage's ReLU", "reviewkd": "pre-activation"}),
+        {"ab": "pre-activation", "ofd": "pre-activation", "reviewkd": "pre-activation"}),
     "vit->cifar_resnet8x4": (
         lambda: __import__("timm").create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8).eval(),
         "cifar_resnet8x4",
-        {"ab": "pre-activation", "ofd": "BN before each stage's ReLU", "reviewkd": "pre-activation",
+        {"ab": "pre-activation", "ofd": "pre-activation", "reviewkd": "pre-activation",
          "mkcd": "not a \\(B, C, H, W\\) map", "simkd": "not a \\(B, C, H, W\\) map", "srrl": "not a \\(B, C, H, W\\) map"}),
 }
 
@@ -327,7 +347,7 @@ def test_timm_models_outside_the_cifar_zoo(pair, tmp_path):
     from hf_mkcd import MKCDStudentForImageClassification
 
     make_teacher, student_name, refused = GENERIC_PAIRS[pair]
-    data = tiny_data(n_train=16, augmentation="weak_strong", channels=3, size=32)
+    data = tiny_data(n_train=16, views=("strong",), channels=3, size=32)
     trained = []
     for method in list_distillers():
         cls, teacher = get_distiller_class(method), make_teacher()

@@ -1,12 +1,24 @@
 """``ab``: Heo et al., "Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden
-Neurons" (AAAI 2019), as RepDistiller ``distiller_zoo/AB.py`` + ``helper/pretrain.py``.
+Neurons" (AAAI 2019), as RepDistiller (``distiller_zoo/AB.py``, ``models/util.py`` ``Connector``,
+``helper/pretrain.py``, ``train_student.py``).
 
-Initialisation stage (the first ``init_epochs`` = 30 epochs): only the activation-boundary loss, on the
-pre-ReLU stage maps through connectors (ConvReg without ReLU), margin m = 1, deepest stage weight 1:
+Initialisation stage (epochs 1..``init_epochs``, 30): only the activation-boundary loss, on the
+pre-ReLU stage maps (after the stem) through connectors, margin m = 1, deepest stage weight 1:
     L_AB = sum_l 2^(l-L+1) * 3e-3 * (1/B) * sum[(s+m)^2 * 1(s > -m and t <= 0) + (s-m)^2 * 1(s <= m and t > 0)]
-Afterwards: CE (+ KD with ``kd_weight`` > 0; RepDistiller's README row uses none).
-Differs from RepDistiller on purpose: one run and one optimizer instead of a separate 30-epoch pre-training
-loop, so set ``num_train_epochs`` to 30 + the main epochs and shift ``lr_decay_epochs`` by 30.
+Main stage: CE (+ KD with ``kd_weight`` > 0; RepDistiller's README row uses none).
+
+As the reference does:
+* a connector is the identity where student and teacher maps have the same channels and height
+  (all three stages of resnet8x4 -> resnet32x4), else a ConvReg without ReLU;
+* the initialisation updates only the connectors and the student's feature layers: the classifier
+  gets no gradient, hence no weight decay or momentum either; afterwards the connectors are idle;
+* each stage starts with a fresh optimizer state (the trainer clears momentum when
+  :meth:`stage` changes); the LR is the base LR throughout the initialisation.
+* the student's BN layers are in train mode during the initialisation: the reference calls
+  ``model_s.eval()`` and then ``init_modules.train()``, and ``init_modules`` holds the student's own
+  feature modules (``get_feat_modules()`` returns them, not copies), so their statistics update.
+One run instead of two loops: set ``num_train_epochs`` to 30 + the main epochs and shift
+``lr_decay_epochs`` by 30 (the recipes do).
 """
 import torch
 import torch.nn as nn
@@ -23,33 +35,47 @@ def ab_stage_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.
     return (pos + neg).sum() / s.shape[0]
 
 
+def ab_connector(student_shape, teacher_shape) -> nn.Module:
+    """RepDistiller's ``Connector``: identity for equal channels and height, else ConvReg (conv + BN)."""
+    if tuple(student_shape[:2]) == tuple(teacher_shape[:2]):
+        return nn.Identity()
+    return ConvRegressor(student_shape, teacher_shape, out_act="none")
+
+
 @register_distiller("ab")
 class AB(Distiller):
     student_needs = frozenset({"logits", "preact_stages"})
     teacher_needs = frozenset({"preact_stages", "logits"})
+    needs_pair = True
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "kd_weight": 0.0, "feat_weight": 3e-3, "margin": 1.0, "init_epochs": 30.0}
 
-    def __init__(self, student=None, teacher=None, **hparams):
-        super().__init__(student, teacher, **hparams)
-        if student is None or teacher is None:
-            return
-        s, t = self.probe(student, teacher, self.student_needs, self.teacher_needs)
-        self.n = min(len(s["preact_stages"]), len(t["preact_stages"])) - 1
-        self.connectors = nn.ModuleList(ConvRegressor(cs, ct, out_act="none") for cs, ct in
-                                        zip(s["preact_stages"][-self.n:], t["preact_stages"][-self.n:]))
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
+        s, t = pair.student_shapes["preact_stages"], pair.teacher_shapes["preact_stages"]
+        self.n = min(len(s), len(t)) - 1
+        self.connectors = nn.ModuleList(ab_connector(cs, ct) for cs, ct in zip(s[-self.n:], t[-self.n:]))
+        head = {id(p) for p in pair.student.backbone.get_classifier().parameters()}
+        self._head_names = tuple(f"student.{n}" for n, p in pair.student.named_parameters() if id(p) in head)
+        self._connector_names = tuple(f"distiller.connectors.{n}" for n, _ in self.connectors.named_parameters())
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
+    def stage(self, epoch: int) -> str:
+        return "init" if epoch <= self.hparams["init_epochs"] else "main"
+
+    def frozen_parameters(self, step):
+        return self._head_names if self.stage(step.epoch) == "init" else self._connector_names
+
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
-        if epoch < h["init_epochs"]:
+        # every parameter stays in the graph (DDP); the idle ones get no update (frozen_parameters)
+        idle_connectors = 0.0 * sum(p.sum() for p in self.connectors.parameters())
+        if self.stage(step.epoch) == "init":
             total = 0.0
             for i, (f_s, f_t, conn) in enumerate(zip(student["preact_stages"][-self.n:],
                                                      teacher["preact_stages"][-self.n:], self.connectors)):
                 total = total + 2.0 ** (i - self.n + 1) * ab_stage_loss(conn(f_s), f_t, h["margin"])
-            # the head takes no part in this stage: a zero term keeps every parameter in the graph (DDP)
             return {"loss_ab": h["feat_weight"] * total + 0.0 * student["logits"].sum()}
-        terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels)
-                 + 0.0 * sum(p.sum() for p in self.connectors.parameters())}  # connectors idle, still in the graph
+        terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]) + idle_connectors}
         if h["kd_weight"]:
-            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)
+            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature)
         return terms

@@ -37,9 +37,9 @@ class AT(Distiller):
     teacher_needs = frozenset({"stages"})
     defaults = {"ce_weight": 1.0, "feat_weight": 1000.0, "p": 2.0}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
             "loss_feat": h["feat_weight"] * at_loss(student["stages"][1:], teacher["stages"][1:], h["p"]),
         }

@@ -1,21 +1,34 @@
 """The distiller interface and its registry.
 
 A distiller is an ``nn.Module`` that turns student and teacher outputs into *named, weighted* loss
-terms (``{"loss_ce": ..., "loss_kd": ...}``; the total is their sum). It declares:
+terms (``{"loss_ce": ..., "loss_kd": ...}``; the total is their sum). Everything a method reads is
+declared on its class, and the trainer and the data pipeline serve it generically:
 
-* ``student_needs`` / ``teacher_needs``: which outputs it reads, so the trainer computes only those
-  (``logits``, ``pooled``, ``features`` = the pre-pool map, ``projected`` = the student's projector
-  output, ``stages`` / ``preact_stages`` = ``forward_intermediates`` maps);
-* ``projector`` / ``head``: the deployable student it trains (``from_teacher`` builds it);
-* ``defaults``: its hyper-parameters (METHODS.md), overridable by ``DistillationTrainingArguments``.
+* ``student_needs`` / ``teacher_needs``: model outputs (``logits``, ``pooled``, ``features`` = the
+  pre-pool map, ``projected`` = the student's projector output, ``stages`` / ``preact_stages`` =
+  stem + stage maps, post- or pre-activation). Only these are computed.
+* ``batch_needs``: extra batch keys handed to :meth:`Distiller.forward` in ``batch`` besides
+  ``labels`` (e.g. ``index``, the sample's position in the training set, for CRD's memory bank).
+* ``views``: extra augmented views of each image (e.g. ``("strong",)`` for MLKD). The data pipeline
+  makes them (``hf_mkcd.data.VIEWS``); student and teacher outputs of a view arrive under its name.
+* ``projector`` / ``head``: the deployable student it trains by default; ``heads`` the heads it
+  accepts (``from_teacher`` builds the student, :func:`hf_mkcd.validation.check_student_fits`
+  checks it).
+* ``defaults``: its hyper-parameters, overridable by ``DistillationTrainingArguments``.
+* ``uses_temperature`` and ``temperature_schedule``: whether it reads ``step.temperature`` and the
+  schedule it gets unless the user picks one.
 
 Trainable modules a method needs only for training live in the distiller; the trainer puts the
-student and the distiller in one module, so the optimizer, DDP and checkpoints see both.
+student and the distiller in one module, so the optimizer, DDP and checkpoints see both. A method
+that needs them is built from a :class:`Pair` (the two models and the shapes probed once); a
+logit-only method needs nothing to be complete.
 """
 from __future__ import annotations
 
 import difflib
-from typing import Dict, Optional, Type
+import math
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -47,58 +60,97 @@ def get_distiller_class(name: str) -> Type["Distiller"]:
     return DISTILLERS[name]
 
 
+@dataclass
+class Step:
+    """Where training stands when a loss is computed, counted as the reference code counts it.
+
+    ``epoch`` is the epoch in progress, whole and 1-based (mdistiller, RepDistiller and CTKD loop
+    ``for epoch in range(1, epochs + 1)``): warm-ups read ``min(epoch / 20, 1)`` and start at 0.05.
+    ``progress`` is ``global_step / max_steps`` in [0, 1]. ``temperature`` is filled in from the
+    distiller's schedule before its ``forward`` runs.
+    """
+
+    epoch: int = 1
+    progress: float = 0.0
+    temperature: Optional[Union[float, torch.Tensor]] = None
+
+    @classmethod
+    def from_trainer_state(cls, state) -> "Step":
+        epoch = int(math.floor(float(state.epoch or 0.0))) + 1
+        progress = state.global_step / state.max_steps if state.max_steps else 0.0
+        return cls(epoch=epoch, progress=progress)
+
+    @staticmethod
+    def previous_epoch(state) -> Optional[int]:
+        """The 1-based epoch of the step before the one about to run (None before the first step)."""
+        if not state.global_step:
+            return None
+        return max(1, int(math.ceil(float(state.epoch or 0.0) - 1e-9)))
+
+
+@dataclass
+class Pair:
+    """What a distiller with trainable modules is built from: the two models and the shapes of what it
+    reads, probed once (:func:`hf_mkcd.features.probe_shapes`). Shapes exclude the batch dimension;
+    stage lists are lists of shapes."""
+
+    student: nn.Module
+    teacher: nn.Module
+    student_shapes: Dict[str, object]
+    teacher_shapes: Dict[str, object]
+    num_train_samples: Optional[int] = None
+
+
 class Distiller(nn.Module):
     name: str = ""
     student_needs = frozenset({"logits"})
     teacher_needs = frozenset({"logits"})
-    projector: Optional[str] = None  # projector of the deployable student
-    head: str = "student"  # "teacher": the student reuses the teacher's frozen classifier
+    batch_needs = frozenset()
+    views: Tuple[str, ...] = ()
+    projector: Optional[str] = None  # projector of the deployable student (default)
+    head: str = "student"  # "teacher": the student reuses the teacher's frozen classifier (default)
+    heads: Tuple[str, ...] = ()  # heads the method accepts (default: only ``head``)
     uses_temperature = False
-    learned_temperature = False  # True: the method always trains CTKD's temperature (``ctkd``)
+    temperature_schedule: str = "constant"  # the schedule it gets unless the user picks one
+    needs_pair = False  # True: builds trainable modules or buffers from the pair's shapes
     defaults: Dict[str, float] = {}
 
-    def __init__(self, student=None, teacher=None, num_train_samples: Optional[int] = None, **hparams):
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.needs_teacher = bool(cls.teacher_needs)
+        cls.heads = cls.heads or (cls.head,)
+
+    def __init__(self, pair: Optional[Pair] = None, temperature: Optional[nn.Module] = None, **hparams):
         super().__init__()
-        self.num_train_samples = num_train_samples
         unknown = set(hparams) - set(self.defaults)
         if unknown:
             raise ValueError(f"method {self.name!r} has no {sorted(unknown)}; its hyper-parameters are {self.defaults}")
         self.hparams = {**self.defaults, **{k: v for k, v in hparams.items() if v is not None}}
-        self.temperature_module: Optional[nn.Module] = None  # set by the trainer for a learned temperature
+        if self.needs_pair and pair is None:
+            raise ValueError(f"method {self.name!r} builds modules from the teacher/student pair: pass pair=Pair(...)")
+        if self.uses_temperature and temperature is None:
+            from .temperature import build_temperature
 
-    @property
-    def needs_teacher(self) -> bool:
-        return bool(self.teacher_needs)
+            temperature = build_temperature(self.temperature_schedule)
+        # the one temperature object of the run: its state (CTKD's theta) is trained and checkpointed here
+        self.temperature = temperature if self.uses_temperature else None
 
-    def forward(self, student: Dict[str, torch.Tensor], teacher: Dict[str, torch.Tensor], labels: torch.Tensor,
-                temperature: Optional[float] = None, progress: float = 0.0, epoch: float = 0.0) -> Dict[str, torch.Tensor]:
-        """Named, weighted loss terms. ``progress`` = global_step / max_steps, ``epoch`` = fractional epoch."""
+    def forward(self, student: Dict[str, object], teacher: Dict[str, object], batch: Dict[str, torch.Tensor],
+                step: Step) -> Dict[str, torch.Tensor]:
+        """Named, weighted loss terms. ``batch`` holds ``labels`` and the keys of ``batch_needs``;
+        ``student[view]`` / ``teacher[view]`` hold the outputs of each extra view."""
         raise NotImplementedError
 
-    @staticmethod
-    @torch.no_grad()
-    def probe(student, teacher, needs_student, needs_teacher):
-        """Shapes of what the method reads, from one dummy batch at the student's input size: used to
-        size the method's own modules (regressors, connectors) before training."""
-        from ..features import student_outputs, teacher_outputs
-        from ..models.modeling_mkcd_student import first_conv_in_channels
+    # -- optional stage structure (AB's initialisation stage) -----------------------------------------
+    def stage(self, epoch: int) -> str:
+        """Name of the training stage ``epoch`` belongs to. When it changes, the trainer clears the
+        optimizer's state (momentum), as the reference code starts a fresh optimizer per stage."""
+        return "main"
 
-        cfg = student.config
-        x = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size, device=next(student.parameters()).device)
-        modes = (student.training, teacher.training)
-        student.eval(), teacher.eval()
-        try:
-            s = student_outputs(student, x, needs_student)
-            t_in = torch.zeros(2, first_conv_in_channels(teacher), cfg.image_size, cfg.image_size,
-                               device=next(teacher.parameters()).device)
-            t = teacher_outputs(teacher, t_in, needs_teacher)
-        finally:
-            student.train(modes[0]), teacher.train(modes[1])
-
-        def shapes(d):
-            return {k: ([tuple(x.shape[1:]) for x in v] if isinstance(v, list) else tuple(v.shape[1:])) for k, v in d.items()}
-
-        return shapes(s), shapes(t)
+    def frozen_parameters(self, step: Step) -> Tuple[str, ...]:
+        """Names (in the trained ``DistillationModule``: ``student.…`` / ``distiller.…``) that this step
+        must leave untouched: no gradient, so no weight decay or momentum either."""
+        return ()
 
     @staticmethod
     def ce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -47,22 +47,23 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 @register_distiller("crd")
 class CRD(Distiller):
-    student_needs = frozenset({"logits", "pooled", "index"})
+    student_needs = frozenset({"logits", "pooled"})
     teacher_needs = frozenset({"pooled", "logits"})
+    batch_needs = frozenset({"index"})
+    needs_pair = True
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "feat_weight": 0.8, "kd_weight": 0.0, "feat_dim": 128, "nce_k": 16384,
                 "nce_t": 0.07, "nce_momentum": 0.5}
 
-    def __init__(self, student=None, teacher=None, num_train_samples=None, **hparams):
-        super().__init__(student, teacher, num_train_samples, **hparams)
-        if student is None or teacher is None:
-            return
-        if not num_train_samples or num_train_samples < 2:
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
+        n = pair.num_train_samples
+        if not n or n < 2:
             raise ValueError("crd needs the training-set size (its memory bank has one entry per sample)")
-        s, t = self.probe(student, teacher, {"pooled"}, {"pooled"})
         dim = int(self.hparams["feat_dim"])
-        self.n, self.k = int(num_train_samples), int(min(self.hparams["nce_k"], num_train_samples - 1))
-        self.embed_s, self.embed_t = nn.Linear(s["pooled"][0], dim), nn.Linear(t["pooled"][0], dim)
+        self.n, self.k = int(n), int(min(self.hparams["nce_k"], n - 1))
+        self.embed_s = nn.Linear(pair.student_shapes["pooled"][0], dim)
+        self.embed_t = nn.Linear(pair.teacher_shapes["pooled"][0], dim)
         stdv = 1.0 / math.sqrt(dim / 3)
         self.register_buffer("memory_s", torch.rand(self.n, dim) * 2 * stdv - stdv)
         self.register_buffer("memory_t", torch.rand(self.n, dim) * 2 * stdv - stdv)
@@ -81,9 +82,9 @@ class CRD(Distiller):
             z.fill_(value.item())
         return z
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
-        h = self.hparams
-        index = student["index"].long()
+    def forward(self, student, teacher, batch, step):
+        h, labels = self.hparams, batch["labels"]
+        index = batch["index"].long()
         v_s = F.normalize(self.embed_s(student["pooled"].float()))
         v_t = F.normalize(self.embed_t(teacher["pooled"].float()))
         negatives = torch.randint(0, self.n, (len(index), self.k), device=index.device)
@@ -95,7 +96,7 @@ class CRD(Distiller):
         terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
                  "loss_crd": h["feat_weight"] * (nce_loss(out_s, self.n) + nce_loss(out_t, self.n))}
         if h["kd_weight"]:
-            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)
+            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature)
         if self.training:
             with torch.no_grad():
                 m = h["nce_momentum"]

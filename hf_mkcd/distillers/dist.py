@@ -32,9 +32,10 @@ class DIST(Distiller):
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "kd_weight": 2.0, "beta": 1.0, "gamma": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
-            "loss_kd": h["kd_weight"] * dist_loss(student["logits"], teacher["logits"], h["beta"], h["gamma"], temperature),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
+            "loss_kd": h["kd_weight"] * dist_loss(student["logits"], teacher["logits"], h["beta"], h["gamma"],
+                                                  step.temperature),
         }

@@ -3,12 +3,14 @@
 KD split into target-class (TCKD, binary [p_gt, 1 - p_gt]) and non-target-class (NCKD, the
 distribution over the other classes) terms:
     L = CE + min(epoch / warmup, 1) * (alpha * TCKD + beta * NCKD),  both T^2-scaled, summed / B.
-CIFAR defaults: alpha 1, beta 8 (per-pair beta in the recipes), T 4, warm-up 20 epochs.
+CIFAR defaults: alpha 1, beta 8 (per-pair beta in the recipes), T 4, warm-up 20 epochs. ``epoch`` is the
+whole, 1-based epoch in progress, as mdistiller counts it: the factor is 0.05 in the first epoch.
 """
 import torch
 import torch.nn.functional as F
 
 from .base import Distiller, register_distiller
+from .losses import warmup_factor
 
 
 def dkd_loss(student_logits, teacher_logits, labels, alpha: float, beta: float, temperature) -> torch.Tensor:
@@ -30,10 +32,10 @@ class DKD(Distiller):
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 20.0}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
-        h = self.hparams
-        warm = min(epoch / h["warmup_epochs"], 1.0) if h["warmup_epochs"] > 0 else 1.0
+    def forward(self, student, teacher, batch, step):
+        h, labels = self.hparams, batch["labels"]
         return {
             "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
-            "loss_kd": warm * dkd_loss(student["logits"], teacher["logits"], labels, h["alpha"], h["beta"], temperature),
+            "loss_kd": warmup_factor(step.epoch, h["warmup_epochs"])
+            * dkd_loss(student["logits"], teacher["logits"], labels, h["alpha"], h["beta"], step.temperature),
         }

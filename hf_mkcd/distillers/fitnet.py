@@ -13,22 +13,22 @@ from ..models.projectors import ConvRegressor
 class FitNet(Distiller):
     student_needs = frozenset({"logits", "stages"})
     teacher_needs = frozenset({"stages"})
+    needs_pair = True
     defaults = {"ce_weight": 1.0, "feat_weight": 100.0, "hint_layer": 2}
 
-    def __init__(self, student=None, teacher=None, **hparams):
-        super().__init__(student, teacher, **hparams)
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
         self.hint = int(self.hparams["hint_layer"])
-        if student is not None and teacher is not None:
-            s, t = self.probe(student, teacher, self.student_needs, self.teacher_needs)
-            for who, stages in (("student", s["stages"]), ("teacher", t["stages"])):
-                if not -len(stages) <= self.hint < len(stages):
-                    raise ValueError(f"fitnet: hint_layer {self.hint} out of range for the {who}'s {len(stages)} stage maps")
-            self.regressor = ConvRegressor(s["stages"][self.hint], t["stages"][self.hint])
+        s, t = pair.student_shapes["stages"], pair.teacher_shapes["stages"]
+        for who, stages in (("student", s), ("teacher", t)):
+            if not -len(stages) <= self.hint < len(stages):
+                raise ValueError(f"fitnet: hint_layer {self.hint} out of range for the {who}'s {len(stages)} stage maps")
+        self.regressor = ConvRegressor(s[self.hint], t[self.hint])
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         hint = self.regressor(student["stages"][self.hint])
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
             "loss_feat": h["feat_weight"] * feature_mse(hint, teacher["stages"][self.hint]),
         }

@@ -11,8 +11,8 @@ class KD(Distiller):
     uses_temperature = True
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         return {
-            "loss_ce": self.hparams["ce_weight"] * self.ce(student["logits"], labels),
-            "loss_kd": self.hparams["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature),
+            "loss_ce": self.hparams["ce_weight"] * self.ce(student["logits"], batch["labels"]),
+            "loss_kd": self.hparams["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature),
         }

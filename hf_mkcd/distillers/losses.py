@@ -26,3 +26,8 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
     """Mean squared error over all elements (SimKD's ``nn.MSELoss()``)."""
     return F.mse_loss(student_feature.float(), teacher_feature.float())
+
+
+def warmup_factor(epoch: int, warmup_epochs: float) -> float:
+    """mdistiller's ``min(epoch / warmup, 1)`` with the whole, 1-based epoch in progress (DKD, ReviewKD)."""
+    return min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0

@@ -19,13 +19,15 @@ class MKCD(Distiller):
     teacher_needs = frozenset({"logits", "features"})
     projector = "mkcd"
     head = "teacher"
+    heads = ("teacher", "student")  # the student's own head is an ablation point
     uses_temperature = True
     defaults = {"feat_weight": 1.0, "kd_weight": 1.0, "ce_weight": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
-        terms = {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
-        if self.hparams["kd_weight"]:
-            terms["loss_kd"] = self.hparams["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature)
-        if self.hparams["ce_weight"]:
-            terms["loss_ce"] = self.hparams["ce_weight"] * self.ce(student["logits"], labels)
+    def forward(self, student, teacher, batch, step):
+        h = self.hparams
+        terms = {"loss_feat": h["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
+        if h["kd_weight"]:
+            terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature)
+        if h["ce_weight"]:
+            terms["loss_ce"] = h["ce_weight"] * self.ce(student["logits"], batch["labels"])
         return terms

@@ -1,5 +1,7 @@
 """``mlkd``: Jin et al., "Multi-Level Logit Distillation" (CVPR 2023), as ``Jin-Ying/Multi-Level-Logit-Distillation``
-``KD_ours.py`` (needs ``--augmentation weak_strong``: a crop+flip view and a RandAugment+cutout view).
+``KD_ours.py``. It reads a second, strong view of every image (``views = ("strong",)``: crop + flip +
+two random operations of MLKD's list with random magnitudes + cutout, ``hf_mkcd.augment``); the data
+pipeline makes it because the method asks for it.
 
 For each view v in {weak, strong} and each T in {4, 3, 5, 2, 6}, with P = softmax(z/T):
   instance level  0.9 * T^2 * KL(P_t || P_s)                       (per sample)
@@ -47,13 +49,12 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
 
 @register_distiller("mlkd")
 class MLKD(Distiller):
-    student_needs = frozenset({"logits", "strong"})
-    teacher_needs = frozenset({"logits", "strong"})
+    views = ("strong",)
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
-        h = self.hparams
-        inst, cls, bat = mlkd_terms(student["logits"], teacher["logits"], student["logits_strong"],
-                                    teacher["logits_strong"], h["kd_weight"])
-        ce = self.ce(student["logits"], labels) + self.ce(student["logits_strong"], labels)
+    def forward(self, student, teacher, batch, step):
+        h, labels = self.hparams, batch["labels"]
+        s_strong, t_strong = student["strong"]["logits"], teacher["strong"]["logits"]
+        inst, cls, bat = mlkd_terms(student["logits"], teacher["logits"], s_strong, t_strong, h["kd_weight"])
+        ce = self.ce(student["logits"], labels) + self.ce(s_strong, labels)
         return {"loss_ce": h["ce_weight"] * ce, "loss_kd": inst, "loss_class": cls, "loss_batch": bat}

@@ -7,5 +7,5 @@ class NoDistillation(Distiller):
     teacher_needs = frozenset()
     defaults = {"ce_weight": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
-        return {"loss_ce": self.hparams["ce_weight"] * self.ce(student["logits"], labels)}
+    def forward(self, student, teacher, batch, step):
+        return {"loss_ce": self.hparams["ce_weight"] * self.ce(student["logits"], batch["labels"])}

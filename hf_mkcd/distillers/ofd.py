@@ -53,25 +53,23 @@ def teacher_stage_bns(teacher: nn.Module, method: str):
 class OFD(Distiller):
     student_needs = frozenset({"logits", "preact_stages"})
     teacher_needs = frozenset({"preact_stages"})
+    needs_pair = True
     defaults = {"ce_weight": 1.0, "feat_weight": 1e-3}
 
-    def __init__(self, student=None, teacher=None, **hparams):
-        super().__init__(student, teacher, **hparams)
-        if student is None or teacher is None:
-            return
-        bns = teacher_stage_bns(teacher, "ofd")
-        s, t = self.probe(student, teacher, self.student_needs, self.teacher_needs)
-        n = min(len(s["preact_stages"]), len(t["preact_stages"])) - 1  # stages after the stem
-        self.s_shapes, self.t_shapes = s["preact_stages"][-n:], t["preact_stages"][-n:]
-        self.connectors = nn.ModuleList(connector(cs[0], ct[0]) for cs, ct in zip(self.s_shapes, self.t_shapes))
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
+        bns = teacher_stage_bns(pair.teacher, "ofd")
+        s, t = pair.student_shapes["preact_stages"], pair.teacher_shapes["preact_stages"]
+        n = min(len(s), len(t)) - 1  # stages after the stem
+        self.connectors = nn.ModuleList(connector(cs[0], ct[0]) for cs, ct in zip(s[-n:], t[-n:]))
         for i, bn in enumerate(bns[-n:]):
             self.register_buffer(f"margin{i}", ofd_margin(bn), persistent=False)
         self.n = n
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h, total = self.hparams, 0.0
         for i, (f_s, f_t, conn) in enumerate(zip(student["preact_stages"][-self.n:], teacher["preact_stages"][-self.n:],
                                                  self.connectors)):
             f_t = nn.functional.adaptive_avg_pool2d(f_t, f_s.shape[-2:]) if f_t.shape[-2:] != f_s.shape[-2:] else f_t
             total = total + ofd_stage_loss(conn(f_s), f_t, getattr(self, f"margin{i}")) / 2 ** (self.n - i - 1)
-        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels), "loss_feat": h["feat_weight"] * total}
+        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]), "loss_feat": h["feat_weight"] * total}

@@ -7,6 +7,7 @@ attention mixing in the nearest-upsampled residual from the deeper level, 3x3 co
 width. Targets: the teacher's pre-activation stage maps + pooled feature. Hierarchical context loss
 per level: MSE plus MSE of 4x4/2x2/1x1 average pools (weights halving), normalised:
     L = CE + w * min(epoch / 20, 1) * sum_levels HCL,   w per pair (5 for res32x4 -> res8x4; recipes)
+``epoch`` is the whole, 1-based epoch in progress, as mdistiller counts it (0.05 in the first epoch).
 Levels are paired from the deepest one when the two networks have different stage counts.
 """
 import torch
@@ -14,6 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .base import Distiller, register_distiller
+from .losses import warmup_factor
 
 
 class ABF(nn.Module):
@@ -61,13 +63,12 @@ def _levels(outputs, stages_key):
 class ReviewKD(Distiller):
     student_needs = frozenset({"logits", "stages", "pooled"})
     teacher_needs = frozenset({"preact_stages", "pooled"})
+    needs_pair = True
     defaults = {"ce_weight": 1.0, "feat_weight": 1.0, "warmup_epochs": 20.0}
 
-    def __init__(self, student=None, teacher=None, num_train_samples=None, **hparams):
-        super().__init__(student, teacher, num_train_samples, **hparams)
-        if student is None or teacher is None:
-            return
-        s, t = self.probe(student, teacher, self.student_needs, self.teacher_needs)
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
+        s, t = pair.student_shapes, pair.teacher_shapes
         s_shapes = list(s["stages"][1:]) + [(s["pooled"][0], 1, 1)]
         t_shapes = list(t["preact_stages"][1:]) + [(t["pooled"][0], 1, 1)]
         self.n = n = min(len(s_shapes), len(t_shapes))
@@ -77,7 +78,7 @@ class ReviewKD(Distiller):
         self.abfs = nn.ModuleList(abfs[::-1])  # deepest first
         self.out_sizes = [tuple(ct[1:]) for ct in t_shapes][::-1]
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         feats = _levels(student, "stages")[-self.n:][::-1]
         results = []
@@ -87,6 +88,6 @@ class ReviewKD(Distiller):
             out, residual = abf(f, residual, size)
             results.insert(0, out)
         targets = _levels(teacher, "preact_stages")[-self.n:]
-        warm = min(epoch / h["warmup_epochs"], 1.0) if h["warmup_epochs"] > 0 else 1.0
-        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+        warm = warmup_factor(step.epoch, h["warmup_epochs"])
+        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
                 "loss_feat": h["feat_weight"] * warm * hcl_loss(results, targets)}

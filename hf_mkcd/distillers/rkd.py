@@ -38,10 +38,10 @@ class RKD(Distiller):
     teacher_needs = frozenset({"pooled"})
     defaults = {"ce_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
             "loss_rkd_distance": h["distance_weight"] * rkd_distance_loss(student["pooled"], teacher["pooled"]),
             "loss_rkd_angle": h["angle_weight"] * rkd_angle_loss(student["pooled"], teacher["pooled"]),
         }

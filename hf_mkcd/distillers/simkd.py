@@ -16,5 +16,5 @@ class SimKD(Distiller):
     head = "teacher"
     defaults = {"feat_weight": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         return {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}

@@ -25,9 +25,9 @@ class SP(Distiller):
     teacher_needs = frozenset({"stages"})
     defaults = {"ce_weight": 1.0, "feat_weight": 3000.0}
 
-    def forward(self, student, teacher, labels, temperature=None, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
             "loss_feat": h["feat_weight"] * sp_loss(student["stages"][-1], teacher["stages"][-1]),
         }

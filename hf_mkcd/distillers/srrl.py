@@ -4,7 +4,7 @@
 A connector maps the student's pooled feature to the teacher's (1x1 conv + BN + ReLU); the teacher's
 frozen classifier reads it:
     L = CE(z_s, y) + KL_T(z_t || z_s) + MSE(t', f_t^pooled) + MSE(W_t t' + b_t, z_t),   z_s = W_t t' + b_t
-As the issue asks, the deployable student keeps the connector and the teacher's head (logits at
+As in the SRRL paper's inference, the deployable student keeps the connector and the teacher's head (logits at
 inference = W_t t' + b_t). The SimKD repository instead keeps the student's own classifier for the CE
 and KL terms and at test time; the SRRL paper's "softmax regression" is the term through W_t.
 """
@@ -23,11 +23,11 @@ class SRRL(Distiller):
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "kd_weight": 1.0, "feat_weight": 1.0, "logit_weight": 1.0}
 
-    def forward(self, student, teacher, labels, temperature=4.0, progress=0.0, epoch=0.0):
+    def forward(self, student, teacher, batch, step):
         h = self.hparams
         return {
-            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
-            "loss_kd": h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], temperature),
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
+            "loss_kd": h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature),
             "loss_feat": h["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"]),
             "loss_logit": h["logit_weight"] * F.mse_loss(student["logits"].float(), teacher["logits"].float()),
         }

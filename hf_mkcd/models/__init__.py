@@ -1,13 +1,8 @@
 """Models: the CIFAR zoo (registered in timm on import), projectors, the deployable student."""
 from .cifar_zoo import CIFAR100_MEAN, CIFAR100_STD, CIFAR_MODELS
 from .configuration_mkcd_student import MKCDStudentConfig
-from .modeling_mkcd_student import (
-    DistilledImageClassifierOutput,
-    FrozenLinear,
-    MKCDStudentForImageClassification,
-    MKCDStudentPreTrainedModel,
-    create_timm_model,
-)
+from .helpers import FrozenLinear, create_timm_model
+from .modeling_mkcd_student import DistilledImageClassifierOutput, MKCDStudentForImageClassification, MKCDStudentPreTrainedModel
 from .projectors import PROJECTORS, build_projector, count_parameters
 
 __all__ = [

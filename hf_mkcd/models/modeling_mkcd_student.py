@@ -11,11 +11,9 @@ timm and transformers are imported here.
 """
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from typing import Optional, Union
 
-import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -25,87 +23,9 @@ from transformers.utils import ModelOutput
 
 from .cifar_zoo import CIFAR100_MEAN, CIFAR100_STD  # noqa: F401  (import registers the CIFAR zoo in timm)
 from .configuration_mkcd_student import MKCDStudentConfig
-from .projectors import build_projector
-
-
-def create_timm_model(name: str, **kwargs) -> nn.Module:
-    """``timm.create_model`` with a clear error for unknown names (close matches listed)."""
-    check_timm_name(name)
-    return timm.create_model(name, pretrained=False, **kwargs)
-
-
-def check_timm_name(name: str) -> None:
-    if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=6, cutoff=0.6)
-        hint = f" Close matches: {', '.join(close)}." if close else ""
-        raise ValueError(
-            f"Unknown timm architecture {name!r}.{hint} CIFAR models are named cifar_* and are registered by "
-            "`import hf_mkcd`; `timm.list_models('cifar_*')` lists them."
-        )
-
-
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma
-
-
-def match_channels(pixel_values: torch.Tensor, num_channels: int) -> torch.Tensor:
-    """Grayscale <-> RGB: repeat a 1-channel batch for an RGB model, take the luma of an RGB batch
-    for a 1-channel model (both linear, so it commutes with a per-channel-equal normalisation)."""
-    c = pixel_values.shape[1]
-    if c == num_channels:
-        return pixel_values
-    if c == 1:
-        return pixel_values.expand(-1, num_channels, -1, -1)
-    if c == 3 and num_channels == 1:
-        w = pixel_values.new_tensor(_GRAY_WEIGHTS).view(1, 3, 1, 1)
-        return (pixel_values * w).sum(1, keepdim=True)
-    raise ValueError(f"model expects {num_channels}-channel images, got {c} channels")
-
-
-def teacher_linear_head(teacher: nn.Module) -> nn.Linear:
-    """The teacher's classifier as one ``nn.Linear`` (plain, or alone in a Sequential), else raise."""
-    head = teacher.get_classifier() if hasattr(teacher, "get_classifier") else None
-    if isinstance(head, nn.Sequential) and len(head) == 1:
-        head = head[0]
-    if isinstance(head, FrozenLinear):
-        return head
-    if not isinstance(head, nn.Linear):
-        raise ValueError(
-            f"the teacher's classifier is {type(head).__name__}, not a linear layer: its head cannot be reused. "
-            "Use head='student' (the student's own classifier) or a teacher whose head is global pool + linear."
-        )
-    return head
-
-
-def first_conv_in_channels(model: nn.Module, default: int = 3) -> int:
-    name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
-    try:
-        return model.get_submodule(name).in_channels if name else default
-    except AttributeError:
-        return default
-
-
-class FrozenLinear(nn.Module):
-    """A linear layer whose weight and bias are buffers: frozen by construction, still saved and
-    loaded under ``<name>.weight`` / ``<name>.bias`` like ``nn.Linear``; gradients flow *through* it."""
-
-    def __init__(self, in_features: int, out_features: int):
-        super().__init__()
-        self.in_features, self.out_features = in_features, out_features
-        self.register_buffer("weight", torch.zeros(out_features, in_features))
-        self.register_buffer("bias", torch.zeros(out_features))
-
-    @classmethod
-    def from_linear(cls, linear: nn.Linear) -> "FrozenLinear":
-        frozen = cls(linear.in_features, linear.out_features)
-        frozen.weight.copy_(linear.weight.detach())
-        frozen.bias.copy_(linear.bias.detach() if linear.bias is not None else torch.zeros(linear.out_features))
-        return frozen
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
-
-    def extra_repr(self) -> str:
-        return f"in_features={self.in_features}, out_features={self.out_features}, frozen"
+from .helpers import (FrozenLinear, check_num_classes, create_timm_model, first_conv_in_channels, match_channels,
+                      teacher_linear_head)
+from .projectors import build_projector, projector_options
 
 
 @dataclass
@@ -209,12 +129,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         """
         fc = teacher_linear_head(teacher)
         n_teacher = fc.out_features
-        for what, n in (("num_labels", num_labels), ("id2label", len(id2label) if id2label else None)):
-            if n is not None and n != n_teacher:
-                raise ValueError(
-                    f"class-count mismatch: the teacher's classifier predicts {n_teacher} classes but {what} says {n}. "
-                    "Use a teacher trained on this label set (or the dataset it was trained on)."
-                )
+        check_num_classes(**{"teacher": n_teacher, "student's num_labels": num_labels,
+                             "student's id2label": len(id2label) if id2label else None})
         num_channels = first_conv_in_channels(teacher)
         cfg = getattr(teacher, "pretrained_cfg", None) or {}
         image_size = image_size or cfg.get("input_size", (3, 32, 32))[-1]
@@ -245,7 +161,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
                     "norm or an MLP), so it cannot be reused on projected features; use head='student'."
                 )
         projector_kwargs = dict(projector_kwargs or {})
-        if projector is not None:
+        if projector is not None and "out_act" in projector_options(projector):
             # teacher maps that are post-ReLU (every CIFAR zoo model) get a final ReLU in the projector
             projector_kwargs.setdefault("out_act", "relu" if bool((f_t >= 0).all()) else "none")
         shapes = dict(student_feature_shape=list(f_s.shape[1:]), teacher_feature_shape=list(f_t.shape[1:])) \

@@ -7,6 +7,9 @@
                ``DefangChen/SimKD`` ``models/util.py``.
 * ``fitnet`` - FitNet's ConvReg hint regressor (mdistiller ``_common.py``): conv sized from the
                spatial ratio, then BN + ReLU.
+* ``srrl``   - SRRL's connector on the pooled feature (1x1 conv + BN + ReLU).
+* ``identity`` - no parameters: the student map is compared with / classified by the teacher's as it
+               is (channels must match); the "no projector" point of the MKCD ablation.
 
 Spatial alignment for every other ratio follows SimKD: the larger map is adaptive-average-pooled
 to the smaller one. A projector's :attr:`output_size` says where its output lives;
@@ -191,6 +194,20 @@ class PooledConnector(FeatureProjector):
         return self.out_act(self.bn(self.conv(F.adaptive_avg_pool2d(x, 1))))
 
 
+class IdentityProjector(FeatureProjector):
+    """No projection: the student map itself, pooled where the sizes differ. Channels must match."""
+
+    def __init__(self, student_shape, teacher_shape):
+        super().__init__(student_shape, teacher_shape)
+        c_s, c_t = self.student_shape[0], self.teacher_shape[0]
+        if c_s != c_t:
+            raise ValueError(f"identity projector: the student map has {c_s} channels, the teacher's {c_t}; "
+                             "choose a projector that maps channels (mkcd, simkd)")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool_input(x)
+
+
 def _activation(name: str) -> nn.Module:
     acts = {"relu": nn.ReLU(inplace=True), "none": nn.Identity()}
     if name not in acts:
@@ -203,12 +220,25 @@ PROJECTORS: Dict[str, type] = {
     "simkd": SimKDProjector,
     "fitnet": ConvRegressor,
     "srrl": PooledConnector,
+    "identity": IdentityProjector,
 }
 
 
+def projector_options(name: str) -> Dict[str, object]:
+    """The options a projector takes, with their defaults (``factor``, ``latent_ratio``, ``skip``, ...)."""
+    import inspect
+
+    params = list(inspect.signature(PROJECTORS[name].__init__).parameters.values())[3:]
+    return {p.name: p.default for p in params}
+
+
 def build_projector(name: str, student_shape, teacher_shape, **kwargs) -> FeatureProjector:
+    """The projector owns its options: one it does not take is refused by name, never dropped."""
     if name not in PROJECTORS:
         raise ValueError(f"unknown projector {name!r}; choose one of {sorted(PROJECTORS)}")
+    unknown = set(kwargs) - set(projector_options(name))
+    if unknown:
+        raise ValueError(f"projector {name!r} takes no {sorted(unknown)}; its options are {projector_options(name)}")
     return PROJECTORS[name](student_shape, teacher_shape, **kwargs)
 
 
