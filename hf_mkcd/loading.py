@@ -137,6 +137,20 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
+def checkpoint_num_classes(architecture: str, path: str) -> Optional[int]:
+    """Rows of the classifier weight in ``path`` (a checkpoint for the timm ``architecture``), or None."""
+    from timm.models import get_pretrained_cfg_value
+
+    head = get_pretrained_cfg_value(architecture, "classifier")
+    if not head:
+        return None
+    sd = read_state_dict(path)
+    for key, value in sd.items():
+        if (key == f"{head}.weight" or key.endswith(f".{head}.weight")) and value.ndim == 2:
+            return int(value.shape[0])
+    return None
+
+
 def _load_directory(path: str) -> nn.Module:
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
@@ -200,9 +214,11 @@ def load_teacher(name_or_path: str, checkpoint: Optional[str] = None, num_classe
                 f"teacher {name_or_path!r} has no weights: pass a checkpoint file (community .pth or .safetensors), "
                 "or a directory / Hub id of a trained model"
             )
-        if checkpoint is not None and num_classes is not None:
-            model_kwargs.setdefault("num_classes", num_classes)
-        teacher = create_timm_model(name_or_path, **model_kwargs)
+        if checkpoint is not None:
+            # the checkpoint's own classifier says how many classes the teacher has (a mismatch with the
+            # dataset is reported by the class-count check below, not as a shape error)
+            model_kwargs.setdefault("num_classes", checkpoint_num_classes(name_or_path, checkpoint) or num_classes)
+        teacher = create_timm_model(name_or_path, **{k: v for k, v in model_kwargs.items() if v is not None})
         if checkpoint is not None:
             load_state_dict_file(teacher, checkpoint)
     elif os.path.isfile(name_or_path):

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_mkcd import CheckpointError, HubUnavailableError, MKCDStudentForImageClassification, load_teacher
+from hf_mkcd import (CheckpointError, HubUnavailableError, MKCDStudentForImageClassification, load_state_dict_file,
+                     load_teacher)
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -80,8 +81,15 @@ def test_wrong_architecture_names_the_keys_and_the_matching_zoo_model(resnet20, 
 
 def test_class_count_mismatch_refused(resnet20, tmp_path):
     torch.save({"model": resnet20.state_dict()}, tmp_path / "r20.pth")
-    with pytest.raises(CheckpointError, match="class-count mismatch.*100-class.*10 classes"):
+    with pytest.raises(ValueError, match="class-count mismatch: the teacher 'cifar_resnet20' predicts 100 classes, "
+                                         "the dataset has 10"):
         load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "r20.pth"), num_classes=10)
+    with pytest.raises(CheckpointError, match="class-count mismatch.*100-class.*10 classes"):  # a model built smaller
+        load_state_dict_file(timm.create_model("cifar_resnet20", num_classes=10), str(tmp_path / "r20.pth"))
+    ten = timm.create_model("cifar_resnet20", num_classes=10)
+    torch.save({"model": ten.state_dict()}, tmp_path / "r20_10.pth")
+    loaded = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "r20_10.pth"))  # classes read from the checkpoint
+    assert loaded.num_classes == 10 and torch.equal(loaded.fc.weight, ten.fc.weight)
     with pytest.raises(ValueError, match="class-count mismatch.*predicts 100 classes.*has 10"):
         plain = MKCDStudentForImageClassification.from_teacher(resnet20, "cifar_resnet20", projector=None, head="student")
         plain.save_pretrained(tmp_path / "d")

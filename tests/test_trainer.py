@@ -183,3 +183,53 @@ def test_weight_decay_covers_every_parameter_like_the_cifar_reference(data, tmp_
         bias = trainer.student.backbone.bn1.bias
         group = next(g for g in trainer.optimizer.param_groups if any(p is bias for p in g["params"]))
         assert group["weight_decay"] == bias_decay
+
+
+class GradNorm(TrainerCallback):
+    """The gradient norm the optimizer is about to apply (after any clipping)."""
+
+    def __init__(self):
+        self.norms = []
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.grad is not None]
+        self.norms.append(float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads]))))
+
+
+def test_cifar_defaults_leave_gradients_unclipped(data, tmp_path):
+    """The reference CIFAR loops never clip: neither do the defaults (transformers' own default is 1.0)."""
+    from hf_mkcd.trainer import DistillationTrainingArguments
+
+    assert DistillationTrainingArguments(output_dir=str(tmp_path)).max_grad_norm == 0.0
+    teacher = tiny_teacher()
+    norms = {}
+    for name, extra in (("default", {}), ("clip1", {"max_grad_norm": 1.0})):
+        probe = GradNorm()
+        args = tiny_args(tmp_path / name, method="at", max_steps=1, **extra)  # tiny_args keeps the default norm
+        DistillationTrainer(model=tiny_student(teacher, "at", data), teacher_model=teacher, args=args,
+                            train_dataset=data.train, callbacks=[probe]).train()
+        norms[name] = probe.norms[0]
+    assert norms["default"] > 10.0  # AT x 1000 at initialisation: a large gradient reaches the optimizer as it is
+    assert norms["clip1"] == pytest.approx(1.0, rel=1e-4)  # the flag still clips for whoever asks
+
+
+def test_private_trainer_hooks_we_override_keep_their_contract():
+    """DistillationTrainer overrides Trainer's private _save / _load_from_checkpoint / _load_best_model /
+    _save_checkpoint. A transformers release that renames them or changes their arguments fails here,
+    loudly, rather than silently skipping our checkpoint format (the resume tests pin the behaviour)."""
+    import inspect
+
+    from transformers import Trainer
+
+    expected = {
+        "_save": ["self", "output_dir", "state_dict"],
+        "_load_from_checkpoint": ["self", "resume_from_checkpoint", "model"],
+        "_load_best_model": ["self"],
+        "_save_checkpoint": ["self", "model", "trial"],
+    }
+    for name, params in expected.items():
+        assert list(inspect.signature(getattr(Trainer, name)).parameters) == params, name
+        assert name in DistillationTrainer.__dict__ or name == "_save_checkpoint", name
+    source = inspect.getsource(Trainer._save_checkpoint)
+    assert "self.save_model(output_dir, _internal_call=True)" in source and "_get_output_dir" in source
+    assert "self._load_from_checkpoint(resume_from_checkpoint)" in inspect.getsource(Trainer.train)

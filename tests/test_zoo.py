@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
+from transformers import TrainerCallback
 
 from hf_mkcd.distillers import Step, get_distiller_class, list_distillers
 from hf_mkcd.distillers.at import at_loss
@@ -383,3 +384,62 @@ def test_only_what_the_method_reads_is_computed(data, tmp_path):
                                   train_dataset=data.train)
     trainer.train()
     assert trainer.state.global_step == 1
+
+
+class OptimizerProbe(TrainerCallback):
+    """Records, before each optimizer step, whether the optimizer holds any state (momentum buffers)."""
+
+    def __init__(self):
+        self.has_state = []
+
+    def on_pre_optimizer_step(self, args, state, control, optimizer=None, **kwargs):
+        self.has_state.append(len(optimizer.state) > 0)
+
+
+def test_ab_follows_repdistiller(data, tmp_path):
+    """RepDistiller's AB: identity connectors where shapes match; the init stage updates connectors and feature
+    layers only (classifier untouched: no gradient, no weight decay) with BN in train mode (init_modules.train()
+    re-enables it); each stage starts with a fresh optimizer; the connectors are idle afterwards."""
+    import timm
+
+    from hf_mkcd.validation import check_pair
+
+    ab = get_distiller_class("ab")
+    same_shapes_teacher = timm.create_model("cifar_resnet32x4", in_chans=1, num_classes=10).eval()
+    student = tiny_student(same_shapes_teacher, "ab", data, backbone="cifar_resnet8x4")
+    built = ab(pair=check_pair(student, same_shapes_teacher, ab))
+    assert len(built.connectors) == 3 and all(isinstance(c, torch.nn.Identity) for c in built.connectors)
+
+    teacher = tiny_teacher()  # resnet20 stages (16, 32, 64 channels) vs resnet8x4's (64, 128, 256): ConvReg connectors
+    student = tiny_student(teacher, "ab", data, backbone="cifar_resnet8x4")
+    probe = OptimizerProbe()
+    args = tiny_args(tmp_path, method="ab", max_steps=-1, num_train_epochs=2, distiller_kwargs='{"init_epochs": 1}',
+                     weight_decay=5e-4, logging_steps=1)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train,
+                                  callbacks=[probe])
+    assert not any(isinstance(c, torch.nn.Identity) for c in trainer.distiller.connectors)
+    head = {k: v.clone() for k, v in student.backbone.fc.state_dict().items()}
+    bn_before = student.backbone.bn1.running_mean.clone()
+    connectors = {k: v.clone() for k, v in trainer.distiller.connectors.state_dict().items()}
+
+    class AtEpochEnd(TrainerCallback):
+        def on_epoch_end(self, args, state, control, **kwargs):
+            if round(state.epoch) == 1:  # the init stage is over
+                self.head = {k: v.clone() for k, v in student.backbone.fc.state_dict().items()}
+                self.connectors = {k: v.clone() for k, v in trainer.distiller.connectors.state_dict().items()}
+
+    at_end = AtEpochEnd()
+    trainer.add_callback(at_end)
+    trainer.train()
+    assert len(probe.has_state) == 6  # 48 samples / 16 = 3 steps per epoch
+    for k in head:  # init stage: the classifier is exactly as built (weight decay did not touch it)
+        assert torch.equal(at_end.head[k], head[k]), k
+    assert not torch.equal(student.backbone.bn1.running_mean, bn_before)  # BN statistics updated, as in the reference
+    assert any(not torch.equal(at_end.connectors[k], connectors[k]) for k in connectors)  # connectors trained
+    assert probe.has_state == [False, True, True, False, True, True]  # a fresh optimizer at each stage
+    for k, v in trainer.distiller.connectors.state_dict().items():  # main stage: connectors idle
+        if v.is_floating_point() and "running" not in k:
+            assert torch.equal(v, at_end.connectors[k]), k
+    assert any(not torch.equal(v, at_end.head[k]) for k, v in student.backbone.fc.state_dict().items())  # CE trains it
+    logs = [e for e in trainer.state.log_history if "loss" in e]
+    assert all("loss_ab" in e for e in logs[:3]) and all("loss_ce" in e and "loss_ab" not in e for e in logs[3:])

@@ -1,0 +1,190 @@
+"""Write ``recipes/cifar100/`` from one table of per-pair settings (the recipes are never edited by hand).
+
+    python scripts/make_recipes.py            # (re)write recipes/cifar100/*.yaml
+    python scripts/make_recipes.py --check    # exit 1 if the committed recipes differ from this table
+
+The CIFAR-100 recipe of the KD literature (RepDistiller, mdistiller, SimKD, CTKD, DIST): 240 epochs,
+batch 64, SGD momentum 0.9, weight decay 5e-4, LR 0.05 (0.01 for MobileNetV2 / ShuffleNet students),
+LR x0.1 after epochs 150, 180 and 210, random crop + flip. Per-pair settings are the references' own:
+DKD's beta (mdistiller ``configs/cifar100/dkd``), ReviewKD's weight (``dvlab-research/ReviewKD``
+``CIFAR-100/script/reviewKD.sh``), MLKD's LR and epochs (its ``configs/cifar100/ours``).
+"""
+import argparse
+import difflib
+import os
+import sys
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from hf_mkcd.distillers import get_distiller_class  # noqa: E402
+from hf_mkcd.models.projectors import projector_options  # noqa: E402
+
+CIFAR_RECIPE = {
+    "dataset_name": "uoft-cs/cifar100",
+    "augmentation": "crop_flip",
+    "num_train_epochs": 240,
+    "per_device_train_batch_size": 64,
+    "per_device_eval_batch_size": 256,
+    "optim": "sgd",
+    "optim_args": "momentum=0.9",
+    "weight_decay": 0.0005,
+    "lr_scheduler_type": "constant",
+    "lr_decay_epochs": [150, 180, 210],
+    "lr_decay_rate": 0.1,
+    "max_grad_norm": 0.0,
+    "eval_strategy": "epoch",
+    "save_strategy": "epoch",
+    "save_total_limit": 2,
+    "logging_steps": 100,
+    "dataloader_num_workers": 4,
+    "seed": 0,
+}
+LIGHT_STUDENTS = ("mobilenetv2", "shufflev1", "shufflev2")  # LR 0.01 in every reference
+
+# teacher, student, DKD beta, ReviewKD weight, MLKD (LR, epochs)
+PAIRS = [
+    ("resnet56", "resnet20", 2.0, 0.6, (0.025, 240)),
+    ("resnet110", "resnet32", 2.0, 1.0, (0.025, 240)),
+    ("resnet32x4", "resnet8x4", 8.0, 5.0, (0.025, 240)),
+    ("wrn_40_2", "wrn_16_2", 6.0, 5.0, (0.025, 240)),
+    ("wrn_40_2", "wrn_40_1", 6.0, 5.0, (0.025, 240)),
+    ("vgg13", "vgg8", 6.0, 1.0, (0.025, 240)),
+    ("resnet32x4", "shufflev1", 8.0, 5.0, (0.01, 960)),
+    ("resnet32x4", "shufflev2", 8.0, 8.0, (0.01, 960)),
+    ("wrn_40_2", "shufflev1", 8.0, 5.0, (0.01, 480)),
+    ("vgg13", "mobilenetv2", 6.0, 1.0, (0.01, 480)),
+    ("resnet50", "mobilenetv2", 8.0, 1.0, (0.01, 480)),
+    ("resnet50", "vgg8", 8.0, 1.0, (0.025, 240)),
+]
+CHECKPOINT_NAMES = {"resnet50": "ResNet50"}  # the archive's directory names, where they differ from ours
+
+
+def teacher_checkpoint(teacher: str) -> str:
+    return f"download_ckpts/cifar_teachers/{CHECKPOINT_NAMES.get(teacher, teacher)}_vanilla/ckpt_epoch_240.pth"
+
+
+def mkcd_settings() -> dict:
+    """MKCD's recipe is its code defaults, written out (so the recipe cannot drift from the code)."""
+    mkcd = get_distiller_class("mkcd")
+    opts = projector_options(mkcd.projector)
+    weights = {k: v for k, v in mkcd.defaults.items() if k.endswith("_weight") and k != "logit_weight"}
+    others = {k: v for k, v in mkcd.defaults.items() if k not in weights}
+    return {"temperature_schedule": mkcd.temperature_schedule, **weights,
+            **({"distiller_kwargs": others} if others else {}),
+            "projector_factor": opts["factor"], "projector_latent_ratio": opts["latent_ratio"],
+            "projector_skip": opts["skip"]}
+
+
+def method_settings(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:
+    """(comment, recipe keys) of a method on a pair."""
+    if method == "kd":
+        return "KD: CE 0.1 + KD 0.9, T = 4 (mdistiller/RepDistiller)", {"temperature": 4.0}
+    if method == "dkd":
+        return (f"DKD: CE 1 + warm-up 20 epochs x (TCKD 1 + NCKD beta), T = 4; beta = {beta:g} for this pair "
+                "(mdistiller configs/cifar100/dkd)",
+                {"temperature": 4.0, "distiller_kwargs": {"alpha": 1.0, "beta": beta, "warmup_epochs": 20.0}})
+    if method == "reviewkd":
+        return (f"ReviewKD: CE 1 + {review_weight:g} x warm-up(20 epochs) x HCL (dvlab-research/ReviewKD "
+                "CIFAR-100/script/reviewKD.sh)", {"feat_weight": review_weight})
+    if method == "mlkd":
+        lr, epochs = mlkd
+        return (f"MLKD: weak + strong views, T in (4,3,5,2,6), CE 0.1 per view + 0.9 per level; LR {lr:g}, "
+                f"{epochs} epochs (MLKD configs/cifar100/ours)", {"learning_rate": lr, "num_train_epochs": epochs})
+    if method == "ab":
+        return ("AB: 30 epochs of activation-boundary initialisation, then 240 epochs of CE (RepDistiller -a 0 -b 1); "
+                "LR drops shifted by 30", {"distiller_kwargs": {"init_epochs": 30.0}, "num_train_epochs": 270,
+                                           "lr_decay_epochs": [180, 210, 240]})
+    if method == "mkcd":
+        return ("MKCD: its defaults (feature + KD + CE through the reused teacher head, encoder-decoder projector, "
+                "progressive temperature), chosen by the ablation in docs/mkcd.md", mkcd_settings())
+    if method == "simkd":
+        return "SimKD: feature MSE only, projector factor 2 (DefangChen/SimKD -f 2)", {"projector_factor": 2}
+    notes = {
+        "fitnet": "FitNet: CE 1 + 100 x hint MSE at stage 2 (mdistiller)",
+        "at": "AT: CE 1 + 1000 x attention transfer, p = 2 (mdistiller)",
+        "sp": "SP: CE 1 + 3000 x similarity-preserving loss (mdistiller)",
+        "rkd": "RKD: CE 1 + 25 x distance + 50 x angle (mdistiller)",
+        "crd": "CRD: CE 1 + 0.8 x NCE, 16,384 negatives (RepDistiller -a 0 -b 0.8)",
+        "ofd": "OFD: CE 1 + 0.001 x partial L2 with the teacher's BN margins (mdistiller)",
+        "srrl": "SRRL: CE 1 + KL 1 + feature MSE 1 + logit MSE 1 (DefangChen/SimKD -c 1 -d 1 -b 1)",
+        "ctkd": "CTKD: CE 0.1 + KD 0.9 with the learned adversarial temperature (zhengli97/CTKD)",
+        "dist": "DIST: CE 1 + 2 x (inter + intra), tau = 4 (hunto/DIST_KD)",
+    }
+    settings = {"dist": {"temperature": 4.0}}.get(method, {})
+    return notes[method], settings
+
+
+METHODS = ["kd", "fitnet", "at", "sp", "rkd", "crd", "ofd", "reviewkd", "simkd", "srrl", "dkd", "mlkd", "ctkd",
+           "dist", "ab", "mkcd"]
+
+
+def render(comment_lines, recipe: dict) -> str:
+    head = "".join(f"# {line}\n" for line in comment_lines)
+    body = yaml.safe_dump(recipe, sort_keys=False, default_flow_style=None, width=120)
+    return head + "# generated by scripts/make_recipes.py: edit the table there, not this file\n" + body
+
+
+def recipes() -> dict:
+    out = {}
+    for teacher, student, beta, review, mlkd in PAIRS:
+        lr = 0.01 if student in LIGHT_STUDENTS else 0.05
+        for method in METHODS:
+            comment, settings = method_settings(method, beta, review, mlkd)
+            name = f"{teacher}_{student}_{method}"
+            recipe = {"method": method, "model_name_or_path": f"cifar_{student}",
+                      "teacher_model_name_or_path": f"cifar_{teacher}", "teacher_checkpoint": teacher_checkpoint(teacher),
+                      "output_dir": f"runs/cifar100/{name}", "learning_rate": lr, **CIFAR_RECIPE, **settings}
+            out[f"{name}.yaml"] = render([
+                comment, f"cifar_{teacher} -> cifar_{student} on CIFAR-100:",
+                f"  accelerate launch scripts/distill.py recipes/cifar100/{name}.yaml",
+                "Teacher: the community checkpoint (docs/teachers.md: mdistiller's cifar_teachers.tar, extracted into "
+                "download_ckpts/)."], recipe)
+    for student in sorted({s for _, s, *_ in PAIRS}):
+        lr = 0.01 if student in LIGHT_STUDENTS else 0.05
+        recipe = {"method": "none", "model_name_or_path": f"cifar_{student}", "output_dir": f"runs/cifar100/{student}_vanilla",
+                  "learning_rate": lr, **CIFAR_RECIPE}
+        out[f"{student}_vanilla.yaml"] = render([
+            f"Vanilla student (no teacher): cifar_{student} on CIFAR-100, the baseline every method is compared with.",
+            f"  accelerate launch scripts/train_teacher.py recipes/cifar100/{student}_vanilla.yaml"], recipe)
+    for teacher in sorted({t for t, *_ in PAIRS}):
+        recipe = {"method": "none", "model_name_or_path": f"cifar_{teacher}", "output_dir": f"teachers/{teacher}",
+                  "learning_rate": 0.05, **CIFAR_RECIPE}
+        out[f"teacher_{teacher}.yaml"] = render([
+            f"Teacher cifar_{teacher} trained from scratch on CIFAR-100 (the community checkpoints were made with this "
+            "recipe).", f"  accelerate launch scripts/train_teacher.py recipes/cifar100/teacher_{teacher}.yaml"], recipe)
+    return out
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", default=os.path.join(ROOT, "recipes", "cifar100"))
+    parser.add_argument("--check", action="store_true", help="compare instead of writing; exit 1 on any difference")
+    args = parser.parse_args(argv)
+    wanted = recipes()
+    if args.check:
+        present = {f for f in os.listdir(args.output_dir) if f.endswith(".yaml")}
+        problems = [f"missing: {f}" for f in sorted(set(wanted) - present)]
+        problems += [f"not generated: {f}" for f in sorted(present - set(wanted))]
+        for f in sorted(set(wanted) & present):
+            with open(os.path.join(args.output_dir, f)) as fh:
+                have = fh.read()
+            if have != wanted[f]:
+                problems.append("".join(difflib.unified_diff(have.splitlines(True), wanted[f].splitlines(True), f, f)))
+        print("\n".join(problems) or f"{len(wanted)} recipes match the table")
+        return 1 if problems else 0
+    os.makedirs(args.output_dir, exist_ok=True)
+    for f in os.listdir(args.output_dir):
+        if f.endswith(".yaml") and f not in wanted:
+            os.remove(os.path.join(args.output_dir, f))
+    for f, text in wanted.items():
+        with open(os.path.join(args.output_dir, f), "w") as fh:
+            fh.write(text)
+    print(f"wrote {len(wanted)} recipes to {args.output_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
