@@ -15,6 +15,7 @@ every epoch), converting images to the channel count the model expects.
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 from dataclasses import dataclass, field
 from typing import Optional, Sequence, Tuple
@@ -25,6 +26,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 
 from .augment import VIEWS, crop_flip
 
+logger = logging.getLogger("hf_mkcd")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                         "Ankle boot"]
@@ -104,13 +106,26 @@ def load_digits_dataset(seed: int = 0) -> DatasetDict:
 
 
 def _load_hub(name: str, config: Optional[str]) -> DatasetDict:
+    """A Hub dataset; when the Hub cannot be reached, the local cache at once, else a clear error."""
+    from .hub import hub_reachable, offline_mode, unreachable_reason
+
+    offline_choices = (f"Offline choices: {', '.join(OFFLINE_SOURCES)}, or a local path (save_to_disk directory, "
+                       "parquet files, imagefolder).")
+    if hub_reachable():
+        try:
+            return load_dataset(name, config)
+        except ConnectionError as err:
+            raise ConnectionError(f"dataset {name!r} cannot be fetched from the Hugging Face Hub. {offline_choices} "
+                                  f"({err})") from err
     try:
-        return load_dataset(name, config)
-    except ConnectionError as err:
+        with offline_mode():
+            ds = load_dataset(name, config)
+        logger.warning(f"the Hub cannot be reached ({unreachable_reason()}): using the cached copy of {name!r}")
+        return ds
+    except (ConnectionError, FileNotFoundError, ValueError) as err:
         raise ConnectionError(
-            f"dataset {name!r} cannot be fetched from the Hugging Face Hub (offline?). Offline choices: "
-            f"{', '.join(OFFLINE_SOURCES)}, or a local path (save_to_disk directory, parquet files, imagefolder). "
-            f"({err})"
+            f"dataset {name!r} is not in the local cache and the Hugging Face Hub cannot be reached "
+            f"({unreachable_reason()}). {offline_choices}"
         ) from err
 
 

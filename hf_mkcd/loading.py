@@ -183,18 +183,27 @@ def _load_directory(path: str) -> nn.Module:
 
 
 def _load_from_hub(repo_id: str) -> nn.Module:
+    """A teacher repository on the Hub (timm Hub layout or an hf_mkcd classifier); the local cache when the Hub
+    cannot be reached."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
+    from .hub import hub_reachable, offline_mode, unreachable_reason
+
+    patterns = ["*.json", "*.safetensors", "*.py"]
     try:
-        local = snapshot_download(repo_id, allow_patterns=["*.json", "*.safetensors", "*.py"])
+        if hub_reachable():
+            local = snapshot_download(repo_id, allow_patterns=patterns)
+        else:
+            with offline_mode():
+                local = snapshot_download(repo_id, allow_patterns=patterns)
     except (RepositoryNotFoundError, GatedRepoError) as err:
         raise ValueError(f"teacher {repo_id!r}: no such (accessible) model on the Hub: {err}") from err
-    except Exception as err:  # offline mode, DNS failure, timeouts: all mean "cannot reach the Hub"
+    except Exception as err:  # offline mode, DNS failure, timeouts, not cached: all mean "cannot reach the Hub"
         raise HubUnavailableError(
-            f"teacher {repo_id!r} is not a local path and the Hugging Face Hub cannot be reached "
-            f"({type(err).__name__}). Offline, pass a local directory saved by hf_mkcd/transformers/timm, or a "
-            "timm / CIFAR-zoo name with a checkpoint file (--teacher_checkpoint path.pth)."
+            f"teacher {repo_id!r} is not a local path, not in the local cache, and the Hugging Face Hub cannot be "
+            f"reached ({unreachable_reason()}; {type(err).__name__}). Offline, pass a local directory saved by "
+            "hf_mkcd/transformers/timm, or a timm / CIFAR-zoo name with a checkpoint file (--teacher_checkpoint path.pth)."
         ) from err
     return _load_directory(local)
 

@@ -25,6 +25,7 @@ from .models.helpers import check_num_classes, check_timm_name, first_conv_in_ch
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger("hf_mkcd")
+TIMM_EXPORT_DIR = "timm"  # <output_dir>/timm: a trained classifier as timm.create_model("local-dir:...") reads it
 
 
 @dataclass
@@ -156,6 +157,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
                 logger.info(f"resuming from {checkpoint} (pass a fresh --output_dir to start over)")
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
+        if teacher is None and training_args.should_save:  # a plain classifier: also in timm's own Hub layout
+            trainer.student.export_timm(os.path.join(training_args.output_dir, TIMM_EXPORT_DIR))
         metrics = {**train_result.metrics, "train_samples": len(data.train)}
         trainer.log_metrics("train", metrics)
         trainer.save_metrics("train", metrics)

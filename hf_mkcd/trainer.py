@@ -193,6 +193,53 @@ class AugmentationEpochCallback(TrainerCallback):
         self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
 
 
+class RunPlanCallback(TrainerCallback):
+    """Says at the start what the run will do (so a 240-epoch default surprises nobody), and after the
+    first steps how long it will take."""
+
+    def __init__(self, method: str, time_after_steps: int = 20):
+        self.method, self.time_after_steps = method, time_after_steps
+        self.start = self.first_step = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.start = time.time()
+        if not state.is_world_process_zero:
+            return
+        steps_per_epoch = state.max_steps / args.num_train_epochs if args.max_steps <= 0 else None
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+        scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
+        lr_plan = (f"x{args.lr_decay_rate:g} after epochs {', '.join(map(str, args.lr_decay_epochs))}"
+                   if args.lr_decay_epochs else scheduler)
+        length = (f"{args.num_train_epochs:g} epochs = {state.max_steps} steps ({steps_per_epoch:.0f} per epoch)"
+                  if steps_per_epoch else f"{state.max_steps} steps")
+        logger.info(f"plan: method {self.method}, {length}, batch {batch} ({args.per_device_train_batch_size} x "
+                    f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es)), LR {args.learning_rate:g} "
+                    f"{lr_plan}, evaluation: {args.eval_strategy.value if hasattr(args.eval_strategy, 'value') else args.eval_strategy}, "
+                    f"checkpoints: {args.save_strategy.value if hasattr(args.save_strategy, 'value') else args.save_strategy}, "
+                    f"output: {args.output_dir}")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if self.first_step is None:
+            self.first_step = (state.global_step, time.time())  # the first step carries start-up costs: time after it
+            return
+        step0, t0 = self.first_step
+        done = state.global_step - step0
+        if done == self.time_after_steps and state.is_world_process_zero:
+            per_step = (time.time() - t0) / done
+            left = per_step * (state.max_steps - state.global_step)
+            logger.info(f"{per_step:.3f} s per step: about {_duration(left)} left for {state.max_steps - state.global_step} "
+                        f"steps (evaluation not included)")
+
+
+def _duration(seconds: float) -> str:
+    hours, rest = divmod(int(seconds), 3600)
+    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
+
+
 class DistillationTrainer(Trainer):
     """``Trainer(model=student, teacher_model=teacher, args=DistillationTrainingArguments(...), ...)``."""
 
@@ -229,6 +276,7 @@ class DistillationTrainer(Trainer):
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self._last_temperature = None
+        self.add_callback(RunPlanCallback(method.name))
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))

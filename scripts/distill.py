@@ -5,7 +5,7 @@
         --output_dir students/mkcd-resnet8x4
     accelerate launch scripts/distill.py recipes/cifar100/resnet32x4_resnet8x4_mkcd.yaml [--flag value ...]
 
-Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe (METHODS.md 3.1). The output
+Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe of the KD literature (docs/methods.md). The output
 directory ends up holding the student (``AutoModelForImageClassification.from_pretrained`` after
 ``import hf_mkcd``), its image processor, all_results.json, trainer_state.json and run_config.yaml.
 """

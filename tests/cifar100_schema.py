@@ -1,4 +1,4 @@
-"""The exact ``uoft-cs/cifar100`` schema (HF_NOTES 7: dataset card of the Hub copy), for offline fixtures."""
+"""The exact ``uoft-cs/cifar100`` schema (as the dataset card of the Hub copy declares it), for offline fixtures."""
 from datasets import ClassLabel, Features, Image
 
 FINE = ("apple aquarium_fish baby bear beaver bed bee beetle bicycle bottle bowl boy bridge bus butterfly camel can "

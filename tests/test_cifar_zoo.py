@@ -9,7 +9,7 @@ from hf_mkcd import CIFAR_MODELS, CIFAR100_MEAN, CIFAR100_STD
 
 HERE = os.path.dirname(__file__)
 
-# METHODS.md 4.1 (instantiated mdistiller definitions, 100 classes)
+# the mdistiller definitions (megvii-research/mdistiller@a08d46f mdistiller/models/cifar), instantiated with 100 classes
 PARAMS = {
     "cifar_resnet20": 278_324, "cifar_resnet32": 472_756, "cifar_resnet56": 861_620, "cifar_resnet110": 1_736_564,
     "cifar_resnet8x4": 1_233_540, "cifar_resnet32x4": 7_433_860, "cifar_wrn_16_2": 703_284,
@@ -17,7 +17,7 @@ PARAMS = {
     "cifar_resnet50": 23_705_252, "cifar_mobilenetv2": 812_836, "cifar_shufflev1": 949_258,
     "cifar_shufflev2": 1_355_528,
 }
-# METHODS.md 4.1: (pre-pool map C, H, W), stage maps (stem, s1, s2, s3[, s4]) at 32x32
+# the same definitions: (pre-pool map C, H, W), stage maps (stem, s1, s2, s3[, s4]) at 32x32
 SHAPES = {
     "cifar_resnet8x4": ((256, 8, 8), [(32, 32), (64, 32), (128, 16), (256, 8)]),
     "cifar_wrn_40_2": ((128, 8, 8), [(16, 32), (32, 32), (64, 16), (128, 8)]),

@@ -46,7 +46,7 @@ def test_mkcd_learns_2x_resampling_simkd_pools():
 
 
 def test_simkd_parameter_counts_match_reference():
-    # METHODS.md 2.2 (instantiated SimKD): C_s*m + 9m^2 + m*C_t + 2(2m + C_t)
+    # SimKD's projector (DefangChen/SimKD models/util.py, instantiated): C_s*m + 9m^2 + m*C_t + 2(2m + C_t)
     assert count_parameters(SimKDProjector((256, 8, 8), (256, 8, 8))) == 214_016
     assert count_parameters(SimKDProjector((64, 8, 8), (128, 8, 8))) == 49_664
     assert count_parameters(SimKDProjector((464, 4, 4), (256, 8, 8))) == 240_640

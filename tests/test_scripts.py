@@ -90,6 +90,13 @@ def test_train_teacher_output_is_a_model_and_a_teacher(teacher_dir):
     teacher = load_teacher(str(teacher_dir), num_classes=10)
     assert teacher.pretrained_cfg["input_size"] == (1, 16, 16)  # digits are grayscale: a 1-channel model
     assert AutoModelForImageClassification.from_pretrained(teacher_dir).config.num_labels == 10
+    import timm  # the same classifier in timm's Hub layout, as a timm user expects it
+
+    as_timm = timm.create_model(f"local-dir:{teacher_dir / 'timm'}", pretrained=True).eval()
+    x = torch.randn(2, 1, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(as_timm(x), teacher(x))
+    assert load_teacher(str(teacher_dir / "timm")).pretrained_cfg["input_size"] == (1, 16, 16)
 
 
 @pytest.fixture(scope="module")

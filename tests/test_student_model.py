@@ -164,7 +164,7 @@ def test_non_cifar_timm_models():
 
 def test_timm_backbone_with_non_persistent_buffers_round_trips(tmp_path):
     """from_pretrained builds on the meta device: timm's non-persistent buffers (relative position
-    indices) must be rebuilt by _init_weights, or the loaded model indexes garbage (HF_NOTES 3)."""
+    indices) must be rebuilt by _init_weights, or the loaded model indexes garbage."""
     config = MKCDStudentConfig(backbone="test_maxvit", id2label={i: str(i) for i in range(5)}, image_size=160)
     model = MKCDStudentForImageClassification(config).eval()
     buffers = {n: b for n, b in model.named_buffers() if n not in model.state_dict()}

@@ -1,5 +1,5 @@
 """``mkcd``: Multi-knowledge Collaborative Distillation with an Encoder-decoder feature Projector
-(ICJE 11(3), 2025; only the abstract is public, so every choice here is ours: see MKCD.md).
+(ICJE 11(3), 2025; only the abstract is public, so every choice here is ours: docs/mkcd.md).
 
 Student logits z_s = teacher_fc(pool(P(F_s))) with P the encoder-decoder projector and the teacher's
 classifier frozen; feature and logit knowledge are learned together:

@@ -1,7 +1,7 @@
 """CIFAR MobileNetV2 (``mobile_half``: expansion 6, width 0.5), as RepDistiller/mdistiller ``mobilenetv2.py``.
 
 The classifier pools the 1x1-expanded map ``conv2`` (1280x2x2), not the last stage (160x2x2):
-``forward_prepool`` applies ``conv2`` (METHODS.md 4.1). Blocks end in a linear BN (no ReLU), so a
+``forward_prepool`` applies ``conv2`` (the map the classifier pools, docs/zoo.md). Blocks end in a linear BN (no ReLU), so a
 stage's pre-activation map is its output.
 """
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """CIFAR Wide ResNets (wrn_16_2, wrn_40_1, wrn_40_2), as RepDistiller/mdistiller ``wrn.py``.
 
 Pre-activation blocks: a stage's output is *before* BN-ReLU, so the map the classifier pools is
-``relu(bn1(block3))`` (``forward_prepool``), not the last stage output (METHODS.md 4.1).
+``relu(bn1(block3))`` (``forward_prepool``), not the last stage output (docs/zoo.md).
 """
 from __future__ import annotations
 

@@ -235,7 +235,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         path = os.path.join(save_directory, "config.json")
         with open(path) as f:
             data = json.load(f)
-        # timm 1.0.31 records num_classes in model_args too, which transformers passes twice (HF_NOTES 2)
+        # timm 1.0.31 records num_classes in model_args too, which TimmWrapperForImageClassification would pass twice
         (data.get("model_args") or {}).pop("num_classes", None)
         with open(path, "w") as f:
             json.dump(data, f, indent=2)

@@ -1,6 +1,6 @@
 """Feature projectors: map a student feature map (C_s, H_s, W_s) onto a teacher's (C_t, H_t, W_t).
 
-* ``mkcd``   - MKCD's encoder-decoder projector (our design, MKCD.md): a compact latent between a
+* ``mkcd``   - MKCD's encoder-decoder projector (our design, docs/mkcd.md): a compact latent between a
                1x1+3x3 encoder and a 3x3+1x1 decoder; 2x size ratios are learned (stride-2 conv in
                the encoder, stride-2 transposed conv in the decoder).
 * ``simkd``  - SimKD's 1x1 -> 3x3 -> 1x1 bottleneck (Chen et al., CVPR 2022), faithful to
@@ -86,7 +86,7 @@ class FeatureProjector(nn.Module):
 
 
 class EncoderDecoderProjector(FeatureProjector):
-    """MKCD's encoder-decoder projector (MKCD.md, "our starting design").
+    """MKCD's encoder-decoder projector (our design: docs/mkcd.md says why).
 
     encoder: 1x1 conv C_s->m, BN, ReLU; 3x3 conv m->m/r (stride 2 when the student map is twice the
              teacher's), BN, ReLU  -> a compact latent of m/r channels.

@@ -1,0 +1,73 @@
+"""Talking to the Hugging Face Hub: a fast reachability check, and the local cache when it cannot be reached.
+
+Without ``HF_HUB_OFFLINE``, the Hub clients retry an unreachable endpoint for about half a minute
+before failing. Every Hub path of hf_mkcd asks :func:`hub_reachable` first (one TCP connection with a
+short timeout to ``HF_ENDPOINT``): when the Hub does not answer, a copy in the local cache is used at
+once (:func:`offline_mode`), and without one the error names the offline choices.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+from urllib.parse import urlparse
+
+CONNECT_TIMEOUT_S = 3.0
+
+
+def endpoint() -> str:
+    from huggingface_hub import constants
+
+    return constants.ENDPOINT
+
+
+def is_offline() -> bool:
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
+
+
+def hub_reachable(timeout: float = CONNECT_TIMEOUT_S) -> bool:
+    """True when the Hub endpoint accepts a TCP connection within ``timeout`` (False in offline mode)."""
+    if is_offline():
+        return False
+    url = urlparse(endpoint())
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+@contextlib.contextmanager
+def offline_mode():
+    """Run Hub clients (huggingface_hub, datasets, transformers) against the local cache only."""
+    import huggingface_hub.constants as hub_constants
+
+    targets = [(hub_constants, "HF_HUB_OFFLINE")]
+    try:
+        import datasets.config as datasets_config
+
+        targets += [(datasets_config, "HF_HUB_OFFLINE"), (datasets_config, "HF_DATASETS_OFFLINE")]
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        pass
+    saved = [(module, name, getattr(module, name)) for module, name in targets]
+    env = os.environ.get("HF_HUB_OFFLINE")
+    try:
+        for module, name, _ in saved:
+            setattr(module, name, True)
+        os.environ["HF_HUB_OFFLINE"] = "1"
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+        if env is None:
+            os.environ.pop("HF_HUB_OFFLINE", None)
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env
+
+
+def unreachable_reason() -> str:
+    return ("offline mode is on (HF_HUB_OFFLINE)" if is_offline()
+            else f"{endpoint()} did not answer within {CONNECT_TIMEOUT_S:g} s")
