@@ -246,6 +246,13 @@ class ImageTransform:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 
+    def describe(self) -> dict:
+        """What the produced tensors depend on, besides the epoch and the sample (the teacher cache's key)."""
+        return {"image_column": self.image_column, "label_column": self.label_column, "channels": self.channels,
+                "image_size": list(self.resize.size), "mean": [round(float(m), 6) for m in self.normalize.transforms[1].mean],
+                "std": [round(float(v), 6) for v in self.normalize.transforms[1].std], "augmentation": self.augment,
+                "views": list(self.views), "seed": self.seed}
+
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
         pixels, views = [], {v: [] for v in self.views}

@@ -119,11 +119,9 @@ def build_student(model_args: ModelArguments, method, teacher, data, image_size:
     )
 
 
-def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
-    setup_logging(training_args.should_log)
-    set_seed(training_args.seed)
+def build(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments):
+    """Teacher, data, student and trainer, validated against each other: ``(trainer, data)``."""
     method = get_distiller_class(training_args.method)
-
     teacher = None
     if method.needs_teacher:
         if model_args.teacher_model_name_or_path is None:
@@ -141,13 +139,19 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
         image_size = data_args.image_size or input_size[-1]
         data = prepare_datasets(data_args, None, image_size, views=method.views)  # channels: the images' own
     student = build_student(model_args, method, teacher, data, image_size)
-
-    if training_args.should_save:  # only the main process writes
-        _save_config(training_args.output_dir, model_args, data_args, training_args)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
         eval_dataset=data.eval, processing_class=student.image_processor(),
     )
+    return trainer, data
+
+
+def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
+    setup_logging(training_args.should_log)
+    set_seed(training_args.seed)
+    trainer, data = build(model_args, data_args, training_args)
+    if training_args.should_save:  # only the main process writes
+        _save_config(training_args.output_dir, model_args, data_args, training_args)
     results = {}
     if training_args.do_train:
         checkpoint = training_args.resume_from_checkpoint
@@ -157,7 +161,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
                 logger.info(f"resuming from {checkpoint} (pass a fresh --output_dir to start over)")
         train_result = trainer.train(resume_from_checkpoint=checkpoint)
         trainer.save_model()
-        if teacher is None and training_args.should_save:  # a plain classifier: also in timm's own Hub layout
+        if trainer.teacher is None and training_args.should_save:  # a plain classifier: also in timm's Hub layout
             trainer.student.export_timm(os.path.join(training_args.output_dir, TIMM_EXPORT_DIR))
         metrics = {**train_result.metrics, "train_samples": len(data.train)}
         trainer.log_metrics("train", metrics)

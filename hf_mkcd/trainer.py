@@ -36,6 +36,7 @@ from .evaluation import compute_metrics as default_compute_metrics
 from .features import student_outputs, teacher_outputs
 from .models.helpers import first_conv_in_channels, match_channels
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
+from .teacher_cache import CACHEABLE, TeacherCache, cache_fingerprint
 from .validation import check_pair
 
 DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
@@ -95,6 +96,8 @@ class DistillationTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."})
+    teacher_cache: Optional[str] = field(default=None, metadata={"help": "Directory of the teacher-output cache: the teacher runs once per (epoch, sample) and every later run on the same teacher and data pipeline reads its outputs (logits, pooled features, pre-pool maps)."})
+    teacher_cache_dtype: str = field(default="float16", metadata={"help": "Precision of cached pooled features and maps (logits are always float32): float16 or float32."})
 
     def __post_init__(self):
         method = get_distiller_class(self.method)  # unknown method -> the valid ones are listed
@@ -235,6 +238,28 @@ class RunPlanCallback(TrainerCallback):
                         f"steps (evaluation not included)")
 
 
+class TeacherCacheCallback(TrainerCallback):
+    """Flushes the cache at each epoch end and says, at the end, how much of the teacher's work it saved."""
+
+    def __init__(self, cache):
+        self.cache = cache
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self.cache.flush()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.cache.flush()
+        total = self.cache.hits + self.cache.misses
+        if total and state.is_world_process_zero:
+            logger.info(f"teacher cache: {self.cache.hits} of {total} samples read from {self.cache.root} "
+                        f"({100 * self.cache.hits / total:.0f}%), the teacher ran on the rest")
+
+
+def _to_device(outputs, device):
+    return {k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
+            for k, v in outputs.items()}
+
+
 def _duration(seconds: float) -> str:
     hours, rest = divmod(int(seconds), 3600)
     return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
@@ -273,6 +298,7 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
+        self.teacher_cache = self._open_teacher_cache(pair, method, train_dataset)
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self._last_temperature = None
@@ -280,6 +306,22 @@ class DistillationTrainer(Trainer):
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
+
+    def _open_teacher_cache(self, pair, method, train_dataset):
+        if not self.args.teacher_cache or self.teacher is None:
+            return None
+        if not TeacherCache.supports(method.teacher_needs):
+            logger.warning(f"--teacher_cache: method {method.name!r} reads {sorted(method.teacher_needs)}, of which only "
+                           f"{', '.join(CACHEABLE)} are cached: the teacher runs every step")
+            return None
+        precision = f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
+        cache = TeacherCache(self.args.teacher_cache, cache_fingerprint(self.teacher, train_dataset, precision),
+                             self.args.teacher_cache_dtype)
+        if self.args.should_save:
+            epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else 1
+            cache.plan(math.ceil(epochs), pair.teacher_shapes, method.teacher_needs, method.views)
+        self.add_callback(TeacherCacheCallback(cache))
+        return cache
 
     @staticmethod
     def _check_batches(train_dataset, method) -> None:
@@ -314,11 +356,21 @@ class DistillationTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).student
 
     def _teacher_outputs(self, inputs, views: Dict[str, torch.Tensor]) -> Dict[str, object]:
-        needs = self.distiller.teacher_needs
+        needs, cache = self.distiller.teacher_needs, self.teacher_cache
+        key = None
+        if cache is not None and "aug_epoch" in inputs and "index" in inputs:
+            epochs = inputs["aug_epoch"]
+            if bool((epochs == epochs[0]).all()):
+                key = (int(epochs[0]), inputs["index"])
+                hit = cache.read(*key, needs, views)
+                if hit is not None:
+                    return _to_device(hit, inputs["pixel_values"].device)
         with torch.no_grad(), self.accelerator.autocast():
             out = teacher_outputs(self.teacher, match_channels(inputs["pixel_values"], self._teacher_in_chans), needs)
             for view, pixels in views.items():
                 out[view] = teacher_outputs(self.teacher, match_channels(pixels, self._teacher_in_chans), needs)
+        if key is not None:
+            cache.write(*key, out, needs, views)
         return out
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -1,0 +1,244 @@
+"""The teacher-output cache: run the teacher once per (augmentation epoch, sample), reuse it everywhere.
+
+Training augmentation is a pure function of (seed, epoch, sample index) (``hf_mkcd.data``), so what the
+frozen teacher says about a training sample is a pure function of them too. The cache stores it in
+memory-mapped files, one directory per epoch::
+
+    <dir>/fingerprint.json                 what the outputs depend on; any other run is refused
+    <dir>/epoch_0003/main.logits.npy        (N, classes) float32
+    <dir>/epoch_0003/main.logits.filled.npy (N,) uint8: row i is written
+    <dir>/epoch_0003/strong.logits.npy      an extra view (MLKD)
+
+and is filled while training (the first run computes and stores, every later one reads) or ahead of time
+by ``scripts/cache_teacher.py``. Every student, method and seed that shares the data pipeline and the
+teacher shares the cache, and a resumed run reads what the interrupted one wrote.
+
+* What is cached: ``logits`` (float32: a cached run's losses are bit-identical to the uncached run's when
+  the teacher ran on batches of the same size), ``pooled`` and ``features`` (the pre-pool map) in
+  ``map_dtype`` (float16 by default: relative error about 1e-3). Methods that read stage maps run the
+  teacher as usual.
+* A row is read only when its ``filled`` flag is set, and the flag is written after the row: a run
+  killed while writing leaves rows that are recomputed, never read half-written; directories are
+  created under a temporary name and renamed.
+* ``fingerprint.json`` holds the teacher's weights hash, the dataset's fingerprint and preprocessing
+  (columns, subset, size, channels, normalisation, augmentation, views, seed) and the precision the
+  teacher ran in; a cache made for anything else is refused with the fields that differ.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+import tempfile
+from typing import Dict, Iterable, Optional
+
+import numpy as np
+import torch
+
+logger = logging.getLogger("hf_mkcd")
+
+CACHEABLE = ("logits", "pooled", "features")
+FINGERPRINT_NAME = "fingerprint.json"
+CACHE_VERSION = 1
+
+
+class TeacherCacheMismatch(ValueError):
+    """The cache directory was made for another teacher, dataset or preprocessing."""
+
+
+def tensor_hash(state_dict: Dict[str, torch.Tensor]) -> str:
+    """sha256 of a state dict's names, shapes, dtypes and bytes (order-independent)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        t = state_dict[name].detach().cpu().contiguous()
+        h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def cache_fingerprint(teacher: torch.nn.Module, train_dataset, precision: str) -> dict:
+    """Everything the teacher's outputs on the training set depend on."""
+    transform = (getattr(train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+    if transform is None or not hasattr(transform, "describe"):
+        raise ValueError("the teacher cache needs a training set prepared by hf_mkcd.data.prepare_datasets "
+                         "(its augmentation must be a function of seed, epoch and sample index)")
+    return {
+        "version": CACHE_VERSION,
+        "teacher_sha256": tensor_hash(teacher.state_dict()),
+        "teacher_architecture": (getattr(teacher, "pretrained_cfg", None) or {}).get("architecture", type(teacher).__name__),
+        "dataset_fingerprint": getattr(train_dataset, "_fingerprint", None),
+        "num_samples": len(train_dataset),
+        "preprocessing": transform.describe(),
+        "precision": precision,
+    }
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list:
+    out = []
+    for key in sorted(set(a) | set(b)):
+        va, vb = a.get(key), b.get(key)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += _differences(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: cache {va!r} vs this run {vb!r}")
+    return out
+
+
+def _atomic_write_json(path: str, data: dict) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class TeacherCache:
+    """Memory-mapped teacher outputs per (epoch, sample index). See the module docstring."""
+
+    def __init__(self, root: str, fingerprint: dict, map_dtype: str = "float16"):
+        if map_dtype not in ("float16", "float32"):
+            raise ValueError(f"teacher cache map_dtype must be float16 or float32, got {map_dtype!r}")
+        self.root, self.fingerprint, self.map_dtype = root, fingerprint, map_dtype
+        self.num_samples = int(fingerprint["num_samples"])
+        os.makedirs(root, exist_ok=True)
+        path = os.path.join(root, FINGERPRINT_NAME)
+        if os.path.isfile(path):
+            with open(path) as f:
+                existing = json.load(f)
+            diff = _differences(existing, fingerprint)
+            if diff:
+                raise TeacherCacheMismatch(
+                    f"teacher cache {root!r} was made for another teacher or data pipeline:\n  " + "\n  ".join(diff)
+                    + "\nUse another --teacher_cache directory (or delete this one to rebuild it)."
+                )
+        else:
+            _atomic_write_json(path, fingerprint)
+        self._open: Dict[tuple, tuple] = {}
+        self.hits = self.misses = 0
+
+    # -- layout ---------------------------------------------------------------------------------------
+    def _epoch_dir(self, epoch: int) -> str:
+        return os.path.join(self.root, f"epoch_{int(epoch):04d}")
+
+    def _dtype(self, key: str) -> str:
+        return "float32" if key == "logits" else self.map_dtype
+
+    def _arrays(self, epoch: int, view: str, key: str, create_shape=None):
+        """(values, filled) memmaps of one epoch/view/key; created (atomically) when ``create_shape`` is given."""
+        handle = (epoch, view, key)
+        if handle in self._open:
+            return self._open[handle]
+        directory = self._epoch_dir(epoch)
+        values_path = os.path.join(directory, f"{view}.{key}.npy")
+        filled_path = os.path.join(directory, f"{view}.{key}.filled.npy")
+        if not os.path.isfile(filled_path):
+            if create_shape is None:
+                return None
+            self._create(directory, view, key, create_shape)
+        arrays = (np.load(values_path, mmap_mode="r+"), np.load(filled_path, mmap_mode="r+"))
+        if len(self._open) > 8:  # keep the current epoch's handles; older ones are flushed and closed
+            self.flush()
+            self._open.clear()
+        self._open[handle] = arrays
+        return arrays
+
+    def _create(self, directory: str, view: str, key: str, shape) -> None:
+        os.makedirs(directory, exist_ok=True)
+        tmp = tempfile.mkdtemp(prefix=f".{view}.{key}.", dir=directory)
+        try:
+            np.lib.format.open_memmap(os.path.join(tmp, "values.npy"), mode="w+", dtype=self._dtype(key),
+                                      shape=(self.num_samples, *shape)).flush()
+            np.lib.format.open_memmap(os.path.join(tmp, "filled.npy"), mode="w+", dtype=np.uint8,
+                                      shape=(self.num_samples,)).flush()
+            # hard links never replace a file another process created (and may already have open); the values
+            # file goes first, so a flags file only ever exists beside its values file
+            for name, final in (("values.npy", f"{view}.{key}.npy"), ("filled.npy", f"{view}.{key}.filled.npy")):
+                try:
+                    os.link(os.path.join(tmp, name), os.path.join(directory, final))
+                except FileExistsError:
+                    pass  # another process made it first: same shape, zero-filled, as good as ours
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- reading and writing --------------------------------------------------------------------------
+    @staticmethod
+    def supports(needs: Iterable[str]) -> bool:
+        return set(needs) <= set(CACHEABLE)
+
+    def read(self, epoch: int, index: torch.Tensor, needs: Iterable[str], views: Iterable[str] = ()) -> Optional[dict]:
+        """Every output for these samples, or None if any row is missing (then the teacher runs)."""
+        idx = index.detach().cpu().numpy()
+        out: dict = {}
+        for view in ("main", *views):
+            target = out if view == "main" else out.setdefault(view, {})
+            for key in needs:
+                arrays = self._arrays(epoch, view, key)
+                if arrays is None or not arrays[1][idx].all():
+                    self.misses += len(idx)
+                    return None
+                target[key] = torch.from_numpy(np.asarray(arrays[0][idx], dtype=np.float32))
+        self.hits += len(idx)
+        return out
+
+    def write(self, epoch: int, index: torch.Tensor, outputs: dict, needs: Iterable[str], views: Iterable[str] = ()) -> None:
+        idx = index.detach().cpu().numpy()
+        for view in ("main", *views):
+            source = outputs if view == "main" else outputs[view]
+            for key in needs:
+                values = source[key].detach().float().cpu().numpy()
+                data, filled = self._arrays(epoch, view, key, create_shape=values.shape[1:])
+                data[idx] = values.astype(data.dtype)
+                filled[idx] = 1  # after the values: a flag never points at a half-written row
+
+    def complete(self, epoch: int, needs: Iterable[str], views: Iterable[str] = ()) -> bool:
+        """Every row of ``epoch`` written (reads only the flags)."""
+        for view in ("main", *views):
+            for key in needs:
+                arrays = self._arrays(epoch, view, key)
+                if arrays is None or not arrays[1].all():
+                    return False
+        return True
+
+    def flush(self) -> None:
+        for data, filled in self._open.values():
+            data.flush()
+            filled.flush()
+
+    # -- planning ----------------------------------------------------------------------------------
+    def bytes_per_sample(self, shapes: Dict[str, tuple], needs: Iterable[str], views: Iterable[str] = ()) -> int:
+        per_view = sum(int(np.prod(shapes[k])) * np.dtype(self._dtype(k)).itemsize + 1 for k in needs)
+        return per_view * (1 + len(tuple(views)))
+
+    def missing_epochs(self, epochs: Iterable[int], needs: Iterable[str], views: Iterable[str] = ()) -> list:
+        missing = []
+        for e in epochs:
+            for view in ("main", *views):
+                if any(not os.path.isfile(os.path.join(self._epoch_dir(e), f"{view}.{k}.filled.npy")) for k in needs):
+                    missing.append(e)
+                    break
+        return missing
+
+    def plan(self, epochs: int, shapes: Dict[str, tuple], needs: Iterable[str], views: Iterable[str] = ()) -> int:
+        """Print the size of what this run adds; refuse it when the disk cannot hold it. Returns bytes to add."""
+        needs, views = tuple(needs), tuple(views)
+        todo = self.missing_epochs(range(epochs), needs, views)
+        per_epoch = self.bytes_per_sample(shapes, needs, views) * self.num_samples
+        size = per_epoch * len(todo)
+        free = shutil.disk_usage(self.root).free
+        logger.info(f"teacher cache {self.root}: {', '.join(needs)} ({self.map_dtype} maps), {_mb(per_epoch)} per epoch; "
+                    f"{epochs - len(todo)} of {epochs} epochs present, this run adds up to {_mb(size)} "
+                    f"({_mb(free)} free)")
+        if size > 0.95 * free:
+            raise ValueError(
+                f"the teacher cache would need {_mb(size)} more at {self.root!r} and only {_mb(free)} are free: cache "
+                "fewer outputs (pooled/features in float16: --teacher_cache_dtype float16), fewer epochs, or run "
+                "without --teacher_cache"
+            )
+        return size
+
+
+def _mb(n: float) -> str:
+    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
