@@ -15,14 +15,16 @@ every epoch), converting images to the channel count the model expects.
 from __future__ import annotations
 
 import gzip
+import io
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
+from PIL import Image as PILImage
 
 from .augment import VIEWS, crop_flip
 
@@ -55,6 +57,8 @@ class DataArguments:
     image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
     image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
     split_seed: int = field(default=0, metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."})
+    validation_samples: Optional[int] = field(default=None, metadata={"help": "Hold out this many training images (fixed by split_seed) as the evaluation set, for model selection that never reads the test split; max_train_samples then draws from the rest."})
+    test_split: Optional[str] = field(default=None, metadata={"help": "A split evaluated once, after training, and only reported (test_* metrics): with validation_samples, the final numbers."})
 
 
 def _read_idx(path: str) -> np.ndarray:
@@ -146,7 +150,12 @@ def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -
             for f in parquet:
                 split = f.split("-")[0].split(".")[0]
                 files.setdefault(split, []).append(os.path.join(root, f))
-            return load_dataset("parquet", data_files=files)
+            try:
+                return load_dataset("parquet", data_files=files)
+            except ValueError as err:
+                if "corresponds to no data" in str(err):  # datasets' words for an empty split
+                    raise ValueError(f"a split of {name!r} is empty (splits: {sorted(files)}): {err}") from err
+                raise
         if os.path.isdir(name):
             return load_dataset("imagefolder", data_dir=name)
         raise ValueError(f"{name!r} is neither a dataset directory, a parquet file nor an imagefolder")
@@ -179,16 +188,52 @@ def detect_columns(features: Features, image_column: Optional[str] = None, label
     return image_column, label_column
 
 
-def _to_tensor(image) -> torch.Tensor:
-    """PIL image or HxW(xC) array -> uint8 CxHxW tensor."""
-    array = np.array(image)  # a writable copy
-    if array.ndim == 2:
-        array = array[:, :, None]
-    return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
+# PIL modes without a faithful 8-bit conversion (PIL's convert clips them): refused, with what to do
+HIGH_DEPTH_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+GRAY_MODES = ("1", "L", "LA", "La")
+
+
+def image_to_tensor(image, channels: int) -> torch.Tensor:
+    """A PIL image or an (H, W[, C]) array -> uint8 (channels, H, W).
+
+    PIL images go through PIL's own mode conversion to ``L`` or ``RGB``, as torchvision's loader does:
+    palette images through their palette, CMYK / YCbCr / LAB / HSV to RGB, alpha dropped, RGB to gray
+    with ITU-R 601 luma. Arrays must be uint8 (or bool, other integers within 0..255, floats within
+    0..1 or 0..255) with 1, 3 or 4 channels last.
+    """
+    if isinstance(image, PILImage.Image):
+        if image.mode in HIGH_DEPTH_MODES:
+            raise ValueError(f"a {image.mode!r} image (16-bit or float pixels) has no faithful 8-bit conversion: "
+                             "convert the dataset's images to 8-bit (L or RGB) first")
+        if image.mode == "P" and "transparency" in image.info:
+            image = image.convert("RGBA")  # PIL converts a palette with transparency through RGBA
+        array = np.array(image.convert("L" if channels == 1 else "RGB"))
+        return torch.from_numpy(array[:, :, None] if array.ndim == 2 else array).permute(2, 0, 1).contiguous()
+    x = torch.from_numpy(np.ascontiguousarray(array_to_uint8(np.asarray(image))))
+    return to_channels((x[:, :, None] if x.ndim == 2 else x).permute(2, 0, 1), channels)
+
+
+def array_to_uint8(array: np.ndarray) -> np.ndarray:
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[-1] not in (1, 3, 4)):
+        raise ValueError(f"an image array must be (H, W) or (H, W, C) with C in 1, 3, 4; got shape {array.shape}")
+    if array.dtype == np.uint8:
+        return array
+    if array.dtype == bool:
+        return array.astype(np.uint8) * 255
+    if np.issubdtype(array.dtype, np.integer):
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(f"integer image values must lie in 0..255, got {array.min()}..{array.max()}")
+        return array.astype(np.uint8)
+    if np.issubdtype(array.dtype, np.floating):
+        if not np.isfinite(array).all() or array.min() < 0 or array.max() > 255:
+            raise ValueError("float image values must be finite, within 0..1 or 0..255")
+        scale = 255.0 if array.max() <= 1.0 else 1.0
+        return np.round(array * scale).astype(np.uint8)
+    raise ValueError(f"image arrays of dtype {array.dtype} are not understood: use uint8")
 
 
 def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
-    """uint8 CxHxW with C in {1, 3, 4} -> ``channels`` channels (RGBA drops alpha; gray <-> RGB)."""
+    """uint8 CxHxW with C in {1, 3, 4} -> ``channels`` channels (RGBA drops alpha; gray <-> RGB, ITU-R 601 luma)."""
     c = x.shape[0]
     if c == 4:
         x, c = x[:3], 3
@@ -202,13 +247,61 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"images have {c} channels and the model takes {channels}: no conversion is defined")
 
 
-def image_channels(dataset: Dataset, image_column: str) -> int:
-    return int(_to_tensor(dataset[0][image_column]).shape[0])
+def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, int]:
+    """Every image's kind, read before training (PIL headers only, no decoding): ``{mode: count}``.
+    Raises, naming the split, the first bad row and how many there are, for images nothing can convert."""
+    feature = dataset.features[image_column]
+    counts: Dict[str, int] = {}
+    bad: Dict[str, list] = {}
+    if isinstance(feature, Image):
+        raw = dataset.cast_column(image_column, Image(decode=False))
+        for start in range(0, len(raw), 1000):
+            for offset, item in enumerate(raw[start:start + 1000][image_column]):
+                try:
+                    source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
+                    with PILImage.open(source) as im:
+                        mode = im.mode
+                except Exception as err:  # unreadable bytes or a missing file
+                    mode = f"unreadable ({type(err).__name__})"
+                counts[mode] = counts.get(mode, 0) + 1
+                if mode in HIGH_DEPTH_MODES or mode.startswith("unreadable"):
+                    bad.setdefault(mode, []).append(start + offset)
+    else:  # arrays: dtype and shape from a sample of rows (the feature type fixes them for the rest)
+        for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
+            array = np.asarray(dataset[i][image_column])
+            kind = f"array {array.dtype} {'x'.join(map(str, array.shape))}"
+            try:
+                array_to_uint8(array)
+            except ValueError:
+                bad.setdefault(kind, []).append(i)
+            counts[kind] = counts.get(kind, 0) + 1
+    if bad:
+        lines = [f"{kind}: {len(rows)} image(s), first at row {rows[0]}" for kind, rows in bad.items()]
+        raise ValueError(f"the {split!r} split has images that cannot be converted to 8-bit L/RGB:\n  "
+                         + "\n  ".join(lines) + "\nConvert or drop them (e.g. dataset.filter) before training.")
+    return counts
+
+
+def source_channels_of(modes: Dict[str, int]) -> int:
+    """1 when every image is grayscale, else 3 (colour, palette, CMYK, ...)."""
+    gray = all(m in GRAY_MODES or (m.startswith("array") and (m.count("x") == 1 or m.endswith("x1"))) for m in modes)
+    return 1 if gray else 3
+
+
+def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: str) -> None:
+    """Every label in 0..num_classes-1 (-1 is the datasets convention for "no label"): read before training."""
+    labels = np.asarray(dataset.with_format(None)[label_column])
+    bad = (labels < 0) | (labels >= num_classes)
+    if bad.any():
+        values, counts = np.unique(labels[bad], return_counts=True)
+        shown = ", ".join(f"{v} ({c} row{'s' if c > 1 else ''})" for v, c in zip(values[:8], counts[:8]))
+        hint = " -1 is the datasets convention for an unlabelled row: drop those rows." if (values == -1).any() else ""
+        raise ValueError(f"the {split!r} split has {int(bad.sum())} label(s) outside 0..{num_classes - 1}: {shown}.{hint}")
 
 
 def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2000, seed: int = 0):
     idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    batch = torch.stack([to_channels(_to_tensor(dataset[int(i)][image_column]), channels).float() / 255 for i in idx])
+    batch = torch.stack([image_to_tensor(dataset[int(i)][image_column], channels).float() / 255 for i in idx])
     return batch.mean((0, 2, 3)).tolist(), batch.std((0, 2, 3)).tolist()
 
 
@@ -258,7 +351,7 @@ class ImageTransform:
         pixels, views = [], {v: [] for v in self.views}
         generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
-            x = self.resize(to_channels(_to_tensor(image), self.channels))
+            x = self.resize(image_to_tensor(image, self.channels))
             if self.augment or self.views:
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
                     generator.seed()
@@ -290,6 +383,7 @@ class PreparedData:
     channels: int
     mean: Sequence[float]
     std: Sequence[float]
+    test: Optional[Dataset] = None  # reported only (DataArguments.test_split)
 
 
 def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None,
@@ -303,7 +397,17 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
     train = ds[args.train_split]
     eval_split = args.eval_split or next((s for s in ("validation", "test") if s in ds), None)
-    if eval_split is None:
+    test = None
+    if args.test_split is not None:
+        if args.test_split not in ds:
+            raise ValueError(f"no split {args.test_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
+        test = ds[args.test_split]
+    if args.validation_samples is not None:
+        if not 0 < args.validation_samples < len(train):
+            raise ValueError(f"--validation_samples must be between 1 and {len(train) - 1}, got {args.validation_samples}")
+        split = train.train_test_split(test_size=args.validation_samples, seed=args.split_seed)
+        train, evaluation, eval_split = split["train"], split["test"], f"validation ({args.validation_samples} of {args.train_split})"
+    elif eval_split is None:
         split = train.train_test_split(test_size=0.1, seed=args.split_seed)
         train, evaluation = split["train"], split["test"]
     elif eval_split not in ds:
@@ -311,14 +415,25 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
     else:
         evaluation = ds[eval_split]
     image_column, label_column = detect_columns(train.features, args.image_column_name, args.label_column_name)
+    for name, value in (("max_train_samples", args.max_train_samples), ("max_eval_samples", args.max_eval_samples)):
+        if value is not None and value < 1:
+            raise ValueError(f"--{name} must be at least 1 (leave it unset to use the whole split), got {value}")
     if args.max_train_samples is not None:
         train = train.shuffle(seed=args.split_seed).select(range(min(args.max_train_samples, len(train))))
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
-    source_channels = image_channels(train, image_column)
+    num_classes = train.features[label_column].num_classes
+    checked = [(args.train_split, train), (eval_split or "held-out", evaluation)] + ([(args.test_split, test)] if test else [])
+    for split_name, split_data in checked:
+        if len(split_data) == 0:
+            raise ValueError(f"the {split_name!r} split of {args.dataset_name!r} is empty")
+        check_labels(split_data, label_column, num_classes, split_name)
+    modes = scan_images(train, image_column, args.train_split)
+    for split_name, split_data in checked[1:]:
+        scan_images(split_data, image_column, split_name)
+    source_channels = source_channels_of(modes)
     if channels is None:
-        channels = source_channels if source_channels in (1, 3) else 3
-    to_channels(torch.zeros(source_channels, 2, 2, dtype=torch.uint8), channels)  # raises if not convertible
+        channels = source_channels
     if args.image_mean is not None:
         mean, std = args.image_mean, args.image_std
     elif mean is None:
@@ -328,6 +443,7 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
     train.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, True,
                                        args.augmentation, args.split_seed, views))
-    evaluation.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
+    for split_data in [evaluation] + ([test] if test is not None else []):
+        split_data.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
     return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
-                        source_channels, channels, list(mean), list(std))
+                        source_channels, channels, list(mean), list(std), test)

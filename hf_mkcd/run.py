@@ -172,4 +172,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     trainer.log_metrics("eval", metrics)
     trainer.save_metrics("eval", metrics)
     results.update(metrics)
+    if data.test is not None:  # reported only: nothing above read it
+        metrics = {**trainer.evaluate(data.test, metric_key_prefix="test"), "test_samples": len(data.test)}
+        trainer.log_metrics("test", metrics)
+        trainer.save_metrics("test", metrics)
+        results.update(metrics)
     return results

@@ -96,6 +96,7 @@ class DistillationTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."})
+    channels_last: bool = field(default=True, metadata={"help": "Run student, teacher and inputs in channels-last memory format (measured a quarter faster on CPU for the CIFAR ResNets; the usual choice on GPUs with mixed precision)."})
     teacher_cache: Optional[str] = field(default=None, metadata={"help": "Directory of the teacher-output cache: the teacher runs once per (epoch, sample) and every later run on the same teacher and data pipeline reads its outputs (logits, pooled features, pre-pool maps)."})
     teacher_cache_dtype: str = field(default="float16", metadata={"help": "Precision of cached pooled features and maps (logits are always float32): float16 or float32."})
 
@@ -293,7 +294,11 @@ class DistillationTrainer(Trainer):
             temperature = build_temperature(schedule, **args.temperature_kwargs()) if method.uses_temperature else None
             distiller = method(pair=pair, temperature=temperature, **args.loss_weights())
         kwargs.setdefault("compute_metrics", default_compute_metrics)
-        super().__init__(model=DistillationModule(model, distiller), args=args, **kwargs)
+        module = DistillationModule(model, distiller)
+        if args.channels_last:
+            module = module.to(memory_format=torch.channels_last)
+            teacher_model = teacher_model.to(memory_format=torch.channels_last) if teacher_model is not None else None
+        super().__init__(model=module, args=args, **kwargs)
         self.teacher = None
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
@@ -314,7 +319,8 @@ class DistillationTrainer(Trainer):
             logger.warning(f"--teacher_cache: method {method.name!r} reads {sorted(method.teacher_needs)}, of which only "
                            f"{', '.join(CACHEABLE)} are cached: the teacher runs every step")
             return None
-        precision = f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
+        precision = (f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
+                     f"{':channels_last' if self.args.channels_last else ''}")
         cache = TeacherCache(self.args.teacher_cache, cache_fingerprint(self.teacher, train_dataset, precision),
                              self.args.teacher_cache_dtype)
         if self.args.should_save:
@@ -372,6 +378,14 @@ class DistillationTrainer(Trainer):
         if key is not None:
             cache.write(*key, out, needs, views)
         return out
+
+    def _prepare_inputs(self, inputs):
+        inputs = super()._prepare_inputs(inputs)
+        if self.args.channels_last:
+            for key, value in inputs.items():
+                if key.startswith("pixel_values") and torch.is_tensor(value) and value.ndim == 4:
+                    inputs[key] = value.contiguous(memory_format=torch.channels_last)
+        return inputs
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         pixel_values, labels = inputs["pixel_values"], inputs.get("labels")

@@ -50,14 +50,108 @@ def test_digits_and_channel_conversion():
         to_channels(torch.zeros(2, 2, 2, dtype=torch.uint8), 3)
 
 
-def test_two_channel_images_are_refused_before_training(tmp_path):
-    la = [PILImage.fromarray(np.zeros((8, 8, 2), dtype=np.uint8), mode="LA") for _ in range(4)]
-    ds = Dataset.from_dict({"image": la, "label": [0, 1, 0, 1]},
-                           features=Features({"image": Image(), "label": ClassLabel(names=["a", "b"])}))
-    DatasetDict(train=ds, test=ds).save_to_disk(tmp_path / "la")
-    with pytest.raises(ValueError, match="2 channels and the model takes 3"):
-        prepare_datasets(DataArguments(dataset_name=str(tmp_path / "la")), channels=3, image_size=8)
+def save_images(tmp_path, name, images, labels=None, features=None):
+    labels = labels if labels is not None else [i % 2 for i in range(len(images))]
+    features = features or Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    ds = Dataset.from_dict({"image": images, "label": labels}, features=features)
+    DatasetDict(train=ds, test=ds).save_to_disk(tmp_path / name)
+    return str(tmp_path / name)
 
+
+def test_pil_modes_are_converted_not_reinterpreted(tmp_path):
+    """np.array(image) of a palette image gives palette indices, of a CMYK image four ink channels: every image
+    goes through PIL's own mode conversion instead."""
+    red = PILImage.new("RGB", (4, 4), (255, 0, 0))
+    palette = red.convert("P", palette=PILImage.ADAPTIVE, colors=4)
+    cmyk = red.convert("CMYK")
+    rgba = PILImage.new("RGBA", (4, 4), (10, 200, 30, 0))
+    la = PILImage.new("LA", (4, 4), (77, 128))
+    path = save_images(tmp_path, "modes", [palette, cmyk, rgba, la])
+    data = prepare_datasets(DataArguments(dataset_name=path, augmentation="none", image_mean=[0, 0, 0],
+                                          image_std=[1, 1, 1]), channels=3, image_size=4)
+    got = [tuple((data.eval[i]["pixel_values"][:, 0, 0] * 255).round().int().tolist()) for i in range(4)]
+    assert got == [(255, 0, 0), (255, 0, 0), (10, 200, 30), (77, 77, 77)]  # red stays red; alpha dropped; LA is gray
+    gray = prepare_datasets(DataArguments(dataset_name=path, augmentation="none", image_mean=[0], image_std=[1]),
+                            channels=1, image_size=4)
+    assert round(float(gray.eval[0]["pixel_values"][0, 0, 0]) * 255) == 76  # ITU-R 601 luma of pure red
+
+
+def test_unconvertible_images_anywhere_are_refused_before_training(tmp_path):
+    images = [PILImage.new("L", (4, 4), 9) for _ in range(5)] + [PILImage.new("I;16", (4, 4), 3000)]
+    path = save_images(tmp_path, "deep", images)
+    with pytest.raises(ValueError, match="(?s)'train' split has images that cannot be converted.*I;16: 1 image\\(s\\), "
+                                         "first at row 5"):
+        prepare_datasets(DataArguments(dataset_name=path), channels=3, image_size=4)
+    grays = save_images(tmp_path, "gray", [PILImage.new("LA", (4, 4), (1, 2)) for _ in range(4)])
+    assert prepare_datasets(DataArguments(dataset_name=grays), channels=None, image_size=4).channels == 1
+
+
+def test_array_images_by_dtype(tmp_path):
+    from datasets import Array3D
+
+    features = Features({"image": Array3D((4, 4, 3), "int64"), "label": ClassLabel(names=["a", "b"])})
+    ok = save_images(tmp_path, "ints", [np.full((4, 4, 3), 200, np.int64)] * 4, features=features)
+    data = prepare_datasets(DataArguments(dataset_name=ok, augmentation="none", image_mean=[0] * 3, image_std=[1] * 3),
+                            channels=3, image_size=4)
+    assert torch.allclose(data.eval[0]["pixel_values"], torch.full((3, 4, 4), 200 / 255))
+    bad = save_images(tmp_path, "big", [np.full((4, 4, 3), 999, np.int64)] * 4, features=features)
+    with pytest.raises(ValueError, match="(?s)cannot be converted.*array int64 4x4x3"):
+        prepare_datasets(DataArguments(dataset_name=bad), channels=3, image_size=4)
+    from hf_mkcd.data import array_to_uint8
+
+    assert array_to_uint8(np.array([[0.0, 1.0]])).tolist() == [[0, 255]]  # floats within 0..1 are scaled
+    with pytest.raises(ValueError, match="shape"):
+        array_to_uint8(np.zeros((4, 4, 2), np.uint8))  # two channels: gray+alpha or what? not guessed
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_labels_outside_the_classes_are_refused_before_training(tmp_path, split):
+    images = [PILImage.new("L", (4, 4), 9) for _ in range(6)]
+    good, bad = [0, 1, 0, 1, 0, 1], [0, -1, 5, 1, -1, 0]
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    # casting int labels to a ClassLabel keeps out-of-range values: how they reach a real dataset
+    parts = {s: Dataset.from_dict({"image": images, "label": bad if s == split else good}).cast(features)
+             for s in ("train", "test")}
+    DatasetDict(parts).save_to_disk(tmp_path / "labels")
+    with pytest.raises(ValueError, match=f"the '{split}' split has 3 label\\(s\\) outside 0..1: -1 \\(2 rows\\), "
+                                         "5 \\(1 row\\).*-1 is the datasets convention"):
+        prepare_datasets(DataArguments(dataset_name=str(tmp_path / "labels")), channels=1, image_size=4)
+
+
+def test_empty_or_zero_sized_splits_are_refused(tmp_path):
+    for flag in ("max_train_samples", "max_eval_samples"):
+        with pytest.raises(ValueError, match=f"--{flag} must be at least 1"):
+            prepare_datasets(DataArguments(dataset_name="digits", **{flag: 0}), channels=1, image_size=8)
+    features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
+    train = Dataset.from_dict({"image": [PILImage.new("L", (4, 4), 9)] * 4, "label": [0, 1, 0, 1]}, features=features)
+    os.makedirs(tmp_path / "empty")
+    train.to_parquet(str(tmp_path / "empty" / "train-00000.parquet"))
+    Dataset.from_dict({"image": [], "label": []}, features=features).to_parquet(str(tmp_path / "empty" / "test-00000.parquet"))
+    with pytest.raises(ValueError, match="a split of .* is empty \\(splits: \\['test', 'train'\\]\\)"):
+        prepare_datasets(DataArguments(dataset_name=str(tmp_path / "empty")), channels=1, image_size=4)
+    with pytest.raises(ValueError, match="the 'train' split of 'digits' is empty"):  # emptied by a filter, say
+        from hf_mkcd import data as data_module
+
+        original = data_module.load_digits_dataset
+        try:
+            data_module.load_digits_dataset = lambda seed=0: DatasetDict(
+                {k: v.filter(lambda e: False) if k == "train" else v for k, v in original(seed).items()})
+            prepare_datasets(DataArguments(dataset_name="digits"), channels=1, image_size=8)
+        finally:
+            data_module.load_digits_dataset = original
+
+
+def test_validation_is_held_out_of_train_and_test_is_only_reported():
+    args = DataArguments(dataset_name="digits", validation_samples=300, test_split="test", max_train_samples=500)
+    data = prepare_datasets(args, channels=1, image_size=8)
+    assert (len(data.train), len(data.eval), len(data.test)) == (500, 300, 360)
+    raw = load_image_dataset("digits")["train"]
+    key = lambda img: np.asarray(img).tobytes()  # noqa: E731
+    train_imgs = {key(x) for x in data.train.with_format(None)["image"]}
+    eval_imgs = [key(x) for x in data.eval.with_format(None)["image"]]
+    assert not train_imgs & set(eval_imgs) and len(raw) == 1437
+    again = prepare_datasets(args, channels=1, image_size=8)  # fixed by split_seed
+    assert [key(x) for x in again.eval.with_format(None)["image"]] == eval_imgs
 
 def test_save_to_disk_imagefolder_and_columns(tmp_path):
     images = [PILImage.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)) for i in range(6)]

@@ -443,3 +443,26 @@ def test_ab_follows_repdistiller(data, tmp_path):
     assert any(not torch.equal(v, at_end.head[k]) for k, v in student.backbone.fc.state_dict().items())  # CE trains it
     logs = [e for e in trainer.state.log_history if "loss" in e]
     assert all("loss_ab" in e for e in logs[:3]) and all("loss_ce" in e and "loss_ab" not in e for e in logs[3:])
+
+
+def test_crd_scores_by_whole_bank_matmul_equal_the_row_gather():
+    """CRD's fast path (matmul with the whole bank, gather scalars) gives the reference's scores and gradients."""
+    from hf_mkcd.distillers.crd import CRD
+
+    crd = CRD.__new__(CRD)
+    torch.nn.Module.__init__(crd)
+    crd.hparams = {"nce_t": 0.07}
+    g = torch.Generator().manual_seed(0)
+    memory = torch.nn.functional.normalize(torch.randn(50, 8, generator=g))
+    idx = torch.randint(0, 50, (6, 20), generator=g)  # 50 rows * 4 <= 120 entries: the matmul path
+    anchor = torch.nn.functional.normalize(torch.randn(6, 8, generator=g)).requires_grad_(True)
+    fast = crd._scores(anchor, memory, idx)
+    fast.sum().backward()
+    fast_grad, anchor.grad = anchor.grad.clone(), None
+    slow = torch.exp(torch.bmm(memory[idx], anchor.unsqueeze(2)).squeeze(2) / 0.07)  # RepDistiller's formulation
+    slow.sum().backward()
+    torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(fast_grad, anchor.grad, rtol=1e-5, atol=1e-5)
+    big = torch.nn.functional.normalize(torch.randn(500, 8, generator=g))  # 500 * 4 > 120: the row-gather path
+    torch.testing.assert_close(crd._scores(anchor.detach(), big, idx),
+                               torch.exp(torch.bmm(big[idx], anchor.detach().unsqueeze(2)).squeeze(2) / 0.07))

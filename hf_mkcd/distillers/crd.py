@@ -70,8 +70,17 @@ class CRD(Distiller):
         self.register_buffer("z_s", torch.tensor(-1.0))
         self.register_buffer("z_t", torch.tensor(-1.0))
 
-    def _scores(self, anchor, memory, idx, z):
-        return torch.exp(torch.bmm(memory[idx].detach(), anchor.unsqueeze(2)).squeeze(2) / self.hparams["nce_t"])
+    def _scores(self, anchor, memory, idx):
+        """exp(<anchor, memory[idx]> / tau), shape (B, K+1). With a bank that is small next to B x (K+1) rows
+        (CIFAR: 50,000 vs 64 x 16,385), one matmul with the whole bank and a gather of scalars gives the same
+        numbers without copying B x (K+1) x D bank rows (537 MB a step at batch 64)."""
+        memory = memory.detach()
+        if memory.shape[0] * 4 <= idx.numel():
+            # a copy: the backward pass needs the bank as it was, and the momentum update below changes it in place
+            dots = (anchor @ memory.clone().t()).gather(1, idx)
+        else:
+            dots = torch.bmm(memory[idx], anchor.unsqueeze(2)).squeeze(2)
+        return torch.exp(dots / self.hparams["nce_t"])
 
     def _normalizer(self, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
         if z.item() < 0:  # estimated once, from the first batch (averaged over processes)
@@ -89,8 +98,8 @@ class CRD(Distiller):
         v_t = F.normalize(self.embed_t(teacher["pooled"].float()))
         negatives = torch.randint(0, self.n, (len(index), self.k), device=index.device)
         idx = torch.cat([index[:, None], negatives], 1)
-        out_s = self._scores(v_s, self.memory_t, idx, self.z_t)  # student anchor vs teacher memory
-        out_t = self._scores(v_t, self.memory_s, idx, self.z_s)  # teacher anchor vs student memory
+        out_s = self._scores(v_s, self.memory_t, idx)  # student anchor vs teacher memory
+        out_t = self._scores(v_t, self.memory_s, idx)  # teacher anchor vs student memory
         out_s = out_s / self._normalizer(self.z_t, out_s)
         out_t = out_t / self._normalizer(self.z_s, out_t)
         terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),

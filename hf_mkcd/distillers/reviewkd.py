@@ -31,9 +31,15 @@ class ABF(nn.Module):
     def forward(self, x, residual=None, out_size=None):
         x = self.conv1(x)
         if self.att_conv is not None:
+            # att_conv(cat[x, up(r)]) computed as W_x x + up(W_r r): a 1x1 conv over a concatenation is the sum of
+            # its halves, and nearest upsampling commutes with a 1x1 conv, so the residual's half runs at the low
+            # resolution and nothing is concatenated (the same function and parameters as the reference's ABF)
+            conv, c = self.att_conv[0], x.shape[1]
+            att = F.conv2d(x, conv.weight[:, :c], conv.bias) + F.interpolate(
+                F.conv2d(residual, conv.weight[:, c:]), size=x.shape[-2:], mode="nearest")
+            z = self.att_conv[1](att)
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            z = self.att_conv(torch.cat([x, residual], 1))
-            x = x * z[:, 0:1] + residual * z[:, 1:2]
+            x = torch.addcmul(x * z[:, 0:1], residual, z[:, 1:2])
         if out_size is not None and tuple(x.shape[-2:]) != tuple(out_size):
             x = F.interpolate(x, size=out_size, mode="nearest")
         return self.conv2(x), x

@@ -212,6 +212,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         """Write a plain student in timm's Hub layout, which both ``timm.create_model("local-dir:...")``
         and transformers' ``TimmWrapperForImageClassification`` read (no custom code; a ``cifar_*``
         architecture still needs ``import hf_mkcd`` in the loading process to be known to timm)."""
+        import copy
         import json
         import os
 
@@ -230,7 +231,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             "num_classes": cfg.num_labels,
         }
         model_args = dict(cfg.backbone_kwargs or {})
-        save_for_hf(self.backbone, save_directory, safe_serialization=True, model_args=model_args or None,
+        backbone = copy.deepcopy(self.backbone).to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
+        save_for_hf(backbone, save_directory, safe_serialization=True, model_args=model_args or None,
                     model_config={"label_names": [cfg.id2label[i] for i in range(cfg.num_labels)]})
         path = os.path.join(save_directory, "config.json")
         with open(path) as f:

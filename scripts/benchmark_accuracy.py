@@ -1,0 +1,406 @@
+"""Accuracy over methods and seeds (and settings, for ablations): one command per suite, resumable.
+
+    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml            # run (or finish) every cell, then summarise
+    python scripts/benchmark_accuracy.py suites/mkcd_ablation.yaml --cells mkcd_f4 mkcd_r1 --seeds 0
+    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --summarize  # tables and plots from finished cells
+
+A suite (YAML) names the data, one teacher (trained once and shared, or loaded), the student, the training
+budget every cell gets, the seeds, and the cells: a method and any flags of scripts/distill.py. Each
+(cell, seed) writes ``results/accuracy/<suite>/<cell>/seed<k>.json`` (its resolved arguments, per-epoch
+validation curve, final validation and test metrics, time); finished ones are skipped, so an interrupted
+suite resumes where it stopped. The summary (``summary.json``, ``summary.md``, ``accuracy.png``,
+``curves.png``) gives mean ± std over seeds, the paired difference to the vanilla student per seed, and
+time per cell.
+
+Model selection never reads the test split: ``data.validation_samples`` holds out a fixed, seeded part of
+the training split as the evaluation set, and ``data.test_split`` is evaluated once, after training, and only
+reported. Ablations and default choices read the validation numbers; the final table reports test.
+
+Suite keys: ``name``, ``description``, ``base`` (a suite file whose keys this one extends), ``seeds``,
+``data`` (DataArguments), ``teacher`` (``path``, or ``model_name_or_path`` + ``checkpoint``, or
+``model_name_or_path`` + ``train`` to train it once), ``student`` (student flags, e.g.
+``model_name_or_path``, ``max_train_samples``), ``training`` (DistillationTrainingArguments), ``teacher_cache``
+(true: one teacher-output cache per data pipeline, under ``work_dir``), ``baseline`` (the cell every other is
+compared with, default ``none``), ``report`` (``test`` or ``validation``), ``published`` (a YAML of published
+numbers shown beside ours), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a ``recipe`` pattern
+such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
+"""
+import argparse
+import datetime
+import hashlib
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+
+import yaml
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+ARG_FILE_KEYS = ("data", "student", "training")
+
+
+# -- suites ---------------------------------------------------------------------------------------------
+def load_suite(path: str) -> dict:
+    with open(path) as f:
+        suite = yaml.safe_load(f) or {}
+    if "base" in suite:
+        base = load_suite(os.path.join(os.path.dirname(path), suite.pop("base")))
+        for key in ARG_FILE_KEYS + ("teacher",):
+            if key in suite and key in base:
+                suite[key] = {**base[key], **suite[key]}
+        suite = {**base, **suite}
+    suite.setdefault("name", os.path.splitext(os.path.basename(path))[0])
+    suite.setdefault("seeds", [0, 1, 2])
+    suite.setdefault("baseline", "none")
+    suite.setdefault("report", "test")
+    return suite
+
+
+def expand_cells(suite: dict) -> list:
+    """Every cell as ``{"name", "method", "recipe"?, "args"}``."""
+    cells = []
+    if "matrix" in suite:
+        m = suite["matrix"]
+        for pair in m["pairs"]:
+            for method in m["methods"]:
+                recipe = m["recipe"].format(pair=pair, method=method)
+                if method == "none":
+                    recipe = m.get("vanilla_recipe", recipe).format(pair=pair, student=pair.split("_", 1)[-1])
+                cells.append({"name": f"{pair}/{method}", "method": method, "recipe": recipe, "pair": pair,
+                              "args": dict(m.get("args") or {})})
+    for cell in suite.get("cells") or []:
+        cell = dict(cell)
+        args = {k: v for k, v in cell.items() if k not in ("name", "method", "recipe", "note")}
+        cells.append({"name": cell.get("name", cell["method"]), "method": cell["method"], "recipe": cell.get("recipe"),
+                      "note": cell.get("note"), "args": args})
+    names = [c["name"] for c in cells]
+    dupes = {n for n in names if names.count(n) > 1}
+    if dupes:
+        raise ValueError(f"suite {suite['name']!r}: duplicate cell names {sorted(dupes)}")
+    return cells
+
+
+def to_argv(mapping: dict) -> list:
+    argv = []
+    for key, value in mapping.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
+
+
+def digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:10]
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              timeout=10).stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+# -- running --------------------------------------------------------------------------------------------
+def ensure_teacher(suite: dict, work_dir: str, log) -> tuple:
+    """(teacher flags for the cells, teacher record). Trains the suite's teacher once when asked to."""
+    t = suite.get("teacher")
+    if not t:
+        return {}, None
+    if "path" in t:
+        return {"teacher_model_name_or_path": t["path"]}, {"path": t["path"]}
+    if "checkpoint" in t:
+        return ({"teacher_model_name_or_path": t["model_name_or_path"], "teacher_checkpoint": t["checkpoint"]},
+                {"model": t["model_name_or_path"], "checkpoint": t["checkpoint"]})
+    from hf_mkcd.data import DataArguments
+    from hf_mkcd.run import ModelArguments, parse_args, run
+    from hf_mkcd.trainer import DistillationTrainingArguments
+
+    flags = {**(suite.get("data") or {}), **(t.get("train") or {}), "model_name_or_path": t["model_name_or_path"],
+             "method": "none"}
+    out = os.path.join(work_dir, "teachers", f"{t['model_name_or_path']}-{digest(flags)}")
+    record_path = os.path.join(out, "suite_teacher.json")
+    if not os.path.isfile(record_path):
+        log(f"training the suite's teacher {t['model_name_or_path']} into {out}")
+        start = time.time()
+        args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
+                          to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}))
+        metrics = run(*args)
+        with open(record_path + ".tmp", "w") as f:
+            json.dump({"flags": flags, "metrics": metrics, "minutes": (time.time() - start) / 60}, f, indent=2)
+        os.replace(record_path + ".tmp", record_path)
+    with open(record_path) as f:
+        record = json.load(f)
+    return {"teacher_model_name_or_path": out}, {"model": t["model_name_or_path"], "flags": flags,
+                                                 "metrics": record["metrics"], "minutes": record["minutes"]}
+
+
+def cell_flags(suite: dict, cell: dict, seed: int, teacher_flags: dict, work_dir: str) -> dict:
+    from hf_mkcd.distillers import get_distiller_class
+
+    flags = {}
+    if cell.get("recipe"):
+        with open(os.path.join(ROOT, cell["recipe"])) as f:
+            flags.update(yaml.safe_load(f) or {})
+    for key in ARG_FILE_KEYS:
+        flags.update(suite.get(key) or {})
+    method = get_distiller_class(cell["method"])
+    if method.needs_teacher:
+        flags.update(teacher_flags)
+    flags.update(cell["args"])
+    flags.update(method=cell["method"], seed=seed, report_to="none", save_strategy="no",
+                 output_dir=os.path.join(work_dir, suite["name"], cell["name"].replace("/", "__"), f"seed{seed}"))
+    flags.setdefault("eval_strategy", "epoch")
+    if suite.get("teacher_cache") and method.needs_teacher and "teacher_model_name_or_path" in flags:
+        views = "-".join(method.views) or "plain"
+        teacher_id = digest([flags.get("teacher_model_name_or_path"), flags.get("teacher_checkpoint")])
+        flags.setdefault("teacher_cache", os.path.join(work_dir, "cache", f"{teacher_id}-{views}"))
+    return flags
+
+
+def run_cell(flags: dict) -> dict:
+    from hf_mkcd.data import DataArguments
+    from hf_mkcd.run import ModelArguments, parse_args, run
+    from hf_mkcd.trainer import DistillationTrainingArguments
+
+    args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), to_argv(flags))
+    start = time.time()
+    metrics = run(*args)
+    with open(os.path.join(flags["output_dir"], "trainer_state.json")) as f:
+        history = json.load(f)["log_history"]
+    curve = [{"epoch": e["epoch"], "top1": e["eval_top1"]} for e in history if "eval_top1" in e]
+    losses = [{k: v for k, v in e.items() if k.startswith("loss") or k in ("epoch", "temperature")}
+              for e in history if "loss" in e]
+    return {"metrics": metrics, "curve": curve, "train_log": losses, "wall_minutes": (time.time() - start) / 60,
+            "projector_params": projector_params(flags["output_dir"])}
+
+
+def projector_params(output_dir: str):
+    try:
+        from transformers import AutoModelForImageClassification
+
+        import hf_mkcd  # noqa: F401
+
+        model = AutoModelForImageClassification.from_pretrained(output_dir)
+        return sum(p.numel() for p in model.projector.parameters()) if model.projector is not None else 0
+    except (OSError, ValueError):
+        return None
+
+
+def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, log=print) -> None:
+    from tqdm.auto import tqdm
+
+    teacher_flags, teacher_record = ensure_teacher(suite, work_dir, log)
+    if teacher_record is not None:
+        with open(os.path.join(out_dir, "teacher.json"), "w") as f:
+            json.dump(teacher_record, f, indent=2)
+    todo = [(c, s) for c in expand_cells(suite) for s in (seeds or suite["seeds"])
+            if cells is None or c["name"] in cells]
+    for cell, seed in tqdm(todo, desc=f"{suite['name']}: cells x seeds"):
+        path = os.path.join(out_dir, cell["name"].replace("/", "__"), f"seed{seed}.json")
+        if os.path.isfile(path):
+            continue  # finished before: resumable
+        flags = cell_flags(suite, cell, seed, teacher_flags, work_dir)
+        try:
+            result = run_cell(flags)
+        except Exception as err:  # one failing cell is recorded, the others go on
+            log(f"cell {cell['name']} seed {seed} failed: {type(err).__name__}: {err}")
+            result = {"error": f"{type(err).__name__}: {err}"}
+        result.update(cell=cell["name"], method=cell["method"], note=cell.get("note"), seed=seed, flags=flags,
+                      commit=git_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        if "error" not in result:  # a failed cell is retried next time
+            with open(path + ".tmp", "w") as f:
+                json.dump(result, f, indent=2, default=str)
+            os.replace(path + ".tmp", path)
+
+
+# -- summarising ----------------------------------------------------------------------------------------
+def _mean_std(values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+def summarize(suite: dict, out_dir: str) -> dict:
+    published = {}
+    if suite.get("published"):
+        with open(os.path.join(ROOT, suite["published"])) as f:
+            published = yaml.safe_load(f) or {}
+    rows, curves = [], {}
+    cells = expand_cells(suite)
+    results = {}
+    for cell in cells:
+        for seed in suite["seeds"]:
+            path = os.path.join(out_dir, cell["name"].replace("/", "__"), f"seed{seed}.json")
+            if os.path.isfile(path):
+                with open(path) as f:
+                    results[(cell["name"], seed)] = json.load(f)
+    baseline = suite["baseline"]
+
+    def metric(name, seed, key):
+        r = results.get((name, seed))
+        return None if r is None else r["metrics"].get(key)
+
+    for cell in cells:
+        name = cell["name"]
+        base_name = f"{cell['pair']}/{baseline}" if cell.get("pair") else baseline
+        seeds = [s for s in suite["seeds"] if (name, s) in results]
+        if not seeds:
+            continue
+        row = {"cell": name, "method": cell["method"], "note": cell.get("note"), "seeds": seeds}
+        for split, key in (("validation", "eval_top1"), ("test", "test_top1")):
+            vals = [metric(name, s, key) for s in seeds]
+            if all(v is None for v in vals):
+                continue
+            row[split] = dict(zip(("mean", "std"), _mean_std([100 * v for v in vals])))
+            row[split]["per_seed"] = [100 * v for v in vals]
+            if name != base_name:
+                diffs = [100 * (metric(name, s, key) - metric(base_name, s, key)) for s in seeds
+                         if metric(base_name, s, key) is not None]
+                if diffs:
+                    mean, std = _mean_std(diffs)
+                    t = mean / (std / math.sqrt(len(diffs))) if len(diffs) > 1 and std > 0 else None
+                    row[split]["vs_baseline"] = {"mean": mean, "std": std, "per_seed": diffs,
+                                                 "wins": sum(d > 0 for d in diffs), "n": len(diffs), "paired_t": t}
+        row["minutes"] = _mean_std([results[(name, s)]["wall_minutes"] for s in seeds])[0]
+        row["projector_params"] = results[(name, seeds[0])].get("projector_params")
+        if cell.get("pair"):
+            row["published"] = (published.get(cell["pair"]) or {}).get(cell["method"])
+        rows.append(row)
+        per_epoch = {}
+        for s in seeds:
+            for point in results[(name, s)]["curve"]:
+                per_epoch.setdefault(round(point["epoch"], 3), []).append(100 * point["top1"])
+        curves[name] = [[e, sum(v) / len(v)] for e, v in sorted(per_epoch.items())]
+    teacher = None
+    if os.path.isfile(os.path.join(out_dir, "teacher.json")):
+        with open(os.path.join(out_dir, "teacher.json")) as f:
+            teacher = json.load(f)
+    summary = {"suite": suite["name"], "description": suite.get("description"), "report": suite["report"],
+               "baseline": baseline, "seeds": suite["seeds"], "teacher": teacher, "rows": rows, "curves": curves,
+               "command": f"python scripts/benchmark_accuracy.py suites/{suite['name']}.yaml",
+               "complete": all((c["name"], s) in results for c in cells for s in suite["seeds"])}
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    with open(os.path.join(out_dir, "summary.md"), "w") as f:
+        f.write(markdown_summary(summary))
+    plot(summary, out_dir)
+    return summary
+
+
+def _fmt(stat, key="mean"):
+    if not stat or stat.get(key) is None:
+        return "–"
+    return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
+
+
+def markdown_summary(summary: dict) -> str:
+    """The suite's table (what the README shows)."""
+    report = summary["report"]
+    teacher = summary.get("teacher") or {}
+    lines = []
+    if teacher.get("metrics"):
+        m = teacher["metrics"]
+        lines.append(f"Teacher `{teacher['model']}`: validation top-1 {100 * m['eval_top1']:.2f}"
+                     + (f", test top-1 {100 * m['test_top1']:.2f}" if "test_top1" in m else "")
+                     + f" ({teacher['minutes']:.0f} min to train).")
+        lines.append("")
+    has_pub = any(r.get("published") is not None for r in summary["rows"])
+    head = ["cell", "method", "validation top-1", "test top-1", f"Δ vs `{summary['baseline']}` ({report}, paired)",
+            "seeds better", "projector params", "min / run"] + (["published"] if has_pub else [])
+    lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for r in summary["rows"]:
+        vs = (r.get(report) or {}).get("vs_baseline")
+        delta = f"{vs['mean']:+.2f} ± {vs['std']:.2f}" if vs else "–"
+        wins = f"{vs['wins']}/{vs['n']}" if vs else "–"
+        params = f"{r['projector_params']:,}" if r.get("projector_params") is not None else "–"
+        cells = [f"`{r['cell']}`", r["method"], _fmt(r.get("validation")), _fmt(r.get("test")), delta, wins, params,
+                 f"{r['minutes']:.1f}" if r.get("minutes") else "–"]
+        if has_pub:
+            cells.append(f"{r['published']:.2f}" if isinstance(r.get("published"), (int, float)) else "–")
+        lines.append("| " + " | ".join(cells) + " |")
+    n = len(summary["seeds"])
+    lines.append("")
+    lines.append(f"Mean ± std over {n} seeds (top-1 %, last epoch); Δ is the per-seed difference to the "
+                 f"`{summary['baseline']}` cell of the same seed. "
+                 + ("" if summary["complete"] else "**Incomplete: some cells have not run yet.** ")
+                 + f"`{summary['command']}`.")
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict, out_dir: str) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return
+    report = summary["report"]
+    rows = [r for r in summary["rows"] if r.get(report)]
+    if rows:
+        fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4))
+        ax.bar(range(len(rows)), [r[report]["mean"] for r in rows], yerr=[r[report]["std"] for r in rows], capsize=3,
+               color=["tab:gray" if r["cell"] == summary["baseline"] else "tab:blue" for r in rows])
+        lo = min(r[report]["mean"] - r[report]["std"] for r in rows)
+        hi = max(r[report]["mean"] + r[report]["std"] for r in rows)
+        ax.set_ylim(lo - 0.3 * (hi - lo) - 0.1, hi + 0.15 * (hi - lo) + 0.1)
+        ax.set_xticks(range(len(rows)), [r["cell"] for r in rows], rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel(f"{report} top-1 (%)")
+        ax.set_title(f"{summary['suite']}: mean ± std over {len(summary['seeds'])} seeds")
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "accuracy.png"), dpi=110)
+        plt.close(fig)
+    if summary["curves"]:
+        fig, ax = plt.subplots(figsize=(7, 4.5))
+        for name, points in summary["curves"].items():
+            if points:
+                ax.plot([p[0] for p in points], [p[1] for p in points], label=name,
+                        lw=2.5 if name == summary["baseline"] else 1.2)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation top-1 (%), mean over seeds")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        fig.savefig(os.path.join(out_dir, "curves.png"), dpi=110)
+        plt.close(fig)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("suite", help="a suite YAML (suites/*.yaml)")
+    p.add_argument("--cells", nargs="+", help="run only these cells")
+    p.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
+    p.add_argument("--summarize", action="store_true", help="only summarise the finished cells")
+    p.add_argument("--results_dir", default=os.path.join(ROOT, "results", "accuracy"))
+    p.add_argument("--work_dir", default=os.path.join(ROOT, "runs", "benchmarks"),
+                   help="teachers, caches and cell outputs (not committed)")
+    a = p.parse_args(argv)
+    suite = load_suite(a.suite)
+    out_dir = os.path.join(a.results_dir, suite["name"])
+    os.makedirs(out_dir, exist_ok=True)
+    if not a.summarize:
+        from hf_mkcd.run import setup_logging
+
+        setup_logging(True)
+        run_suite(suite, out_dir, a.work_dir, a.cells, a.seeds)
+    summary = summarize(suite, out_dir)
+    print(markdown_summary(summary))
+    print(f"wrote {out_dir}/summary.json, summary.md, accuracy.png, curves.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

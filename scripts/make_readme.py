@@ -1,0 +1,128 @@
+"""Regenerate the README's tables from the results files the code wrote (no number is typed by hand).
+
+    python scripts/make_readme.py           # rewrite every generated section of README.md
+    python scripts/make_readme.py --check   # exit 1 if README.md differs from what the results files say
+
+A generated section sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each NAME has
+a renderer below that reads one results file:
+
+* ``quickstart``      results/quickstart.json (scripts/quickstart.py)
+* ``speed``           results/speed_cpu.json (scripts/benchmark_speed.py), and speed_cuda.json if present
+* ``projector_cost``  results/projector_cost.json (scripts/projector_cost.py)
+* ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
+"""
+import argparse
+import json
+import os
+import re
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+MARKER = re.compile(r"(<!-- generated:(?P<name>[\w-]+) -->\n)(?P<body>.*?)(<!-- /generated:(?P=name) -->)", re.S)
+
+
+def _load(path):
+    with open(os.path.join(ROOT, path)) as f:
+        return json.load(f)
+
+
+def quickstart() -> str:
+    r = _load("results/quickstart.json")
+    a = r["args"]
+    lines = [f"Measured by `{r['command']}` ({r['device']}; {a['epochs']:g} epochs per model, seed {a['seed']}, "
+             f"{a['eval_samples']:,} Fashion-MNIST test images, {r['wall_minutes']:.1f} minutes in all):", "",
+             "| model | role | train images | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|"]
+    for row in r["rows"]:
+        lines.append(f"| `{row['model']}` | {row['role']} | {row['train_samples']:,} | {100 * row['top1']:.2f} | "
+                     f"{100 * row['top5']:.2f} | {row['minutes']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def _speed_table(r) -> list:
+    s, pm = r["settings"], r["per_method"]
+    lines = [f"**{r['device']}** (`{r['command']}`, {r['date']}): `{s['teacher']}` -> `{s['student']}`, batch {s['batch']}, "
+             f"{s['image_size']}x{s['image_size']}, {s['classes']} classes; median of {s['steps']} steps after "
+             f"{s['warmup']} warm-up steps. Floor = one teacher forward ({pm['teacher_forward_ms']:.0f} ms) + one "
+             f"cross-entropy-only student step ({pm['ce_step_ms']:.0f} ms) = **{pm['floor_ms']:.0f} ms**.", "",
+             "| method | ms / step | x floor | cached: ms / step | cached: x floor |", "|---|---|---|---|---|"]
+    for method, row in pm["methods"].items():
+        cached = (f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f}" if row.get("cached_ms") else "- | -")
+        lines.append(f"| `{method}` | {row['ms']:.0f} | {row['x_floor']:.2f} | {cached} |")
+    e2e = r.get("end_to_end") or {}
+    if e2e:
+        parts = list(next(iter(e2e.values()))["breakdown_ms"])
+        lines += ["", f"Whole Trainer, real data pipeline (Fashion-MNIST padded to {s['image_size']}x{s['image_size']} RGB, "
+                      f"{s['e2e_samples']:,} images, {s['workers']} DataLoader workers), ms per step by part:", "",
+                  "| run | images / s | ms / step | " + " | ".join(parts) + " |", "|---" * (3 + len(parts)) + "|"]
+        for name, row in e2e.items():
+            lines.append(f"| {name.replace('_', ' ')} | {row['images_per_s']:.0f} | {row['ms_per_step']:.0f} | "
+                         + " | ".join(f"{row['breakdown_ms'][p]:.0f}" for p in parts) + " |")
+    return lines
+
+
+def speed() -> str:
+    lines = []
+    for device in ("cpu", "cuda"):
+        path = f"results/speed_{device}.json"
+        if os.path.isfile(os.path.join(ROOT, path)):
+            lines += _speed_table(_load(path)) + [""]
+    return "\n".join(lines)
+
+
+def projector_cost() -> str:
+    rows = _load("results/projector_cost.json")
+    lines = ["| teacher -> student | student map | teacher map | student params | MKCD params | MKCD MFLOPs | "
+             "SimKD params | SimKD MFLOPs |", "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| `{r['teacher']}` -> `{r['student']}` | {'x'.join(map(str, r['student_map']))} | "
+                     f"{'x'.join(map(str, r['teacher_map']))} | {r['student_params']:,} | {r['mkcd_params']:,} | "
+                     f"{r['mkcd_mflops']:.1f} | {r['simkd_params']:,} | {r['simkd_mflops']:.1f} |")
+    return "\n".join(lines) + "\n"
+
+
+def accuracy(suite: str) -> str:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark_accuracy
+
+    return benchmark_accuracy.markdown_summary(_load(f"results/accuracy/{suite}/summary.json"))
+
+
+RENDERERS = {"quickstart": quickstart, "speed": speed, "projector_cost": projector_cost}
+
+
+def render(name: str) -> str:
+    if name.startswith("accuracy_"):
+        return accuracy(name[len("accuracy_"):])
+    if name not in RENDERERS:
+        raise ValueError(f"README marker {name!r} has no renderer; known: {sorted(RENDERERS)}, accuracy_<suite>")
+    return RENDERERS[name]()
+
+
+def regenerate(text: str) -> str:
+    return MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the results files say")
+    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    a = p.parse_args(argv)
+    with open(a.readme) as f:
+        text = f.read()
+    new = regenerate(text)
+    if a.check:
+        if new != text:
+            import difflib
+
+            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md", "generated"))
+            return 1
+        print(f"{a.readme}: {len(MARKER.findall(text))} generated sections match the results files")
+        return 0
+    with open(a.readme, "w") as f:
+        f.write(new)
+    print(f"regenerated {len(MARKER.findall(text))} sections of {a.readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
