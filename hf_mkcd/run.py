@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import sys
 from dataclasses import asdict, dataclass, field
 from typing import Optional, Sequence
@@ -15,14 +16,16 @@ from typing import Optional, Sequence
 import yaml
 from timm.models import get_pretrained_cfg_value
 from transformers import HfArgumentParser, set_seed
-from transformers.trainer_utils import get_last_checkpoint
 
 from .data import DataArguments, prepare_datasets
 from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
-from .trainer import DistillationTrainer, DistillationTrainingArguments
+from .run_dir import RunDirectory, run_fingerprint
+from .teacher_cache import tensor_hash
+from .trainer import (DistillationTrainer, DistillationTrainingArguments, check_finite_metrics, find_resumable_checkpoint,
+                      fsync_tree)
 
 logger = logging.getLogger("hf_mkcd")
 TIMM_EXPORT_DIR = "timm"  # <output_dir>/timm: a trained classifier as timm.create_model("local-dir:...") reads it
@@ -146,35 +149,75 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
     return trainer, data
 
 
+def save_final(trainer: DistillationTrainer, output_dir: str) -> None:
+    """The final model, written next to the run's other files through a temporary directory: each file replaces
+    its predecessor whole (``run_state.json`` says ``finished`` only after all of them)."""
+    if not trainer.args.should_save:
+        return
+    tmp = os.path.join(output_dir, ".final-tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    trainer.save_model(tmp)
+    if trainer.teacher is None:  # a plain classifier: also in timm's own Hub layout
+        trainer.student.export_timm(os.path.join(tmp, TIMM_EXPORT_DIR))
+    fsync_tree(tmp)
+    for name in os.listdir(tmp):
+        target = os.path.join(output_dir, name)
+        if os.path.isdir(os.path.join(tmp, name)):
+            shutil.rmtree(target, ignore_errors=True)
+        os.replace(os.path.join(tmp, name), target)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
+    """Build, check the output directory, train, evaluate, save: what scripts/distill.py and train_teacher.py run."""
     setup_logging(training_args.should_log)
     set_seed(training_args.seed)
     trainer, data = build(model_args, data_args, training_args)
-    if training_args.should_save:  # only the main process writes
-        _save_config(training_args.output_dir, model_args, data_args, training_args)
-    results = {}
-    if training_args.do_train:
-        checkpoint = training_args.resume_from_checkpoint
-        if checkpoint is None and os.path.isdir(training_args.output_dir):
-            checkpoint = get_last_checkpoint(training_args.output_dir)
-            if checkpoint is not None:
-                logger.info(f"resuming from {checkpoint} (pass a fresh --output_dir to start over)")
-        train_result = trainer.train(resume_from_checkpoint=checkpoint)
-        trainer.save_model()
-        if trainer.teacher is None and training_args.should_save:  # a plain classifier: also in timm's Hub layout
-            trainer.student.export_timm(os.path.join(training_args.output_dir, TIMM_EXPORT_DIR))
-        metrics = {**train_result.metrics, "train_samples": len(data.train)}
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        results.update(metrics)
-    metrics = {**trainer.evaluate(), "eval_samples": len(data.eval)}
-    trainer.log_metrics("eval", metrics)
-    trainer.save_metrics("eval", metrics)
-    results.update(metrics)
-    if data.test is not None:  # reported only: nothing above read it
-        metrics = {**trainer.evaluate(data.test, metric_key_prefix="test"), "test_samples": len(data.test)}
-        trainer.log_metrics("test", metrics)
-        trainer.save_metrics("test", metrics)
-        results.update(metrics)
-    return results
+    output_dir = training_args.output_dir
+    teacher_hash = tensor_hash(trainer.teacher.state_dict()) if trainer.teacher is not None else None
+    run_dir = RunDirectory(output_dir, run_fingerprint(model_args, data_args, training_args, teacher_hash),
+                           is_main=training_args.should_save)
+    decision = run_dir.decide(training_args.overwrite_output_dir, training_args.resume_from_checkpoint,
+                              training_args.allow_changes)  # every process decides before anything is written
+    trainer.accelerator.wait_for_everyone()
+    run_dir.lock()
+    try:
+        if decision == "finished":
+            logger.info(f"{output_dir} holds this run, finished: nothing to do (--overwrite_output_dir to redo it)")
+            with open(os.path.join(output_dir, "all_results.json")) as f:
+                return json.load(f)
+        if decision == "overwrite":
+            logger.warning(f"--overwrite_output_dir: replacing the contents of {output_dir}")
+            run_dir.clear()
+        if training_args.should_save:
+            _save_config(output_dir, model_args, data_args, training_args)
+        run_dir.write_state("running")
+        results = {}
+        if training_args.do_train:
+            checkpoint = training_args.resume_from_checkpoint
+            if checkpoint is None and decision == "resume":
+                checkpoint = find_resumable_checkpoint(output_dir, training_args.save_only_model)
+                if checkpoint is not None:
+                    logger.info(f"resuming from {checkpoint} (the same run: its fingerprint matches)")
+            train_result = trainer.train(resume_from_checkpoint=checkpoint)
+            results.update(train_result.metrics, train_samples=len(data.train))
+        evaluation = {**trainer.evaluate(), "eval_samples": len(data.eval)}
+        check_finite_metrics(evaluation)
+        if data.test is not None:  # reported only: nothing above read it
+            evaluation.update(trainer.evaluate(data.test, metric_key_prefix="test"), test_samples=len(data.test))
+            check_finite_metrics(evaluation)
+        if training_args.do_train:
+            save_final(trainer, output_dir)
+            trainer.log_metrics("train", {k: v for k, v in results.items() if k.startswith("train")})
+            trainer.save_metrics("train", results)
+            trainer.save_state()
+        results.update(evaluation)
+        trainer.log_metrics("eval", evaluation)
+        trainer.save_metrics("eval", evaluation)
+        run_dir.write_state("finished", results=results)
+        return results
+    except BaseException as err:
+        run_dir.write_state("failed", error=f"{type(err).__name__}: {err}")
+        raise
+    finally:
+        run_dir.unlock()

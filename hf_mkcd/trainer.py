@@ -22,6 +22,7 @@ import json
 import logging
 import math
 import os
+import shutil
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
@@ -29,6 +30,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_utils import rotate_checkpoints
 
 from .distillers import DEFAULT_TEMPERATURE, TEMPERATURE_SCHEDULES, Step, build_temperature, get_distiller_class, list_distillers
 from .distillers.temperature import _check_positive
@@ -96,6 +98,8 @@ class DistillationTrainingArguments(TrainingArguments):
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
     ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
     dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."})
+    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace whatever output_dir holds (by default a rerun only resumes the same run, and refuses anything else)."})
+    allow_changes: Optional[List[str]] = field(default=None, metadata={"help": "With --resume_from_checkpoint: settings that may differ from the run being continued (e.g. num_train_epochs lr_decay_epochs)."})
     channels_last: bool = field(default=True, metadata={"help": "Run student, teacher and inputs in channels-last memory format (measured a quarter faster on CPU for the CIFAR ResNets; the usual choice on GPUs with mixed precision)."})
     teacher_cache: Optional[str] = field(default=None, metadata={"help": "Directory of the teacher-output cache: the teacher runs once per (epoch, sample) and every later run on the same teacher and data pipeline reads its outputs (logits, pooled features, pre-pool maps)."})
     teacher_cache_dtype: str = field(default="float16", metadata={"help": "Precision of cached pooled features and maps (logits are always float32): float16 or float32."})
@@ -308,6 +312,7 @@ class DistillationTrainer(Trainer):
         self._terms_count = 0
         self._last_temperature = None
         self.add_callback(RunPlanCallback(method.name))
+        self.add_callback(FiniteMetricsCallback())
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
@@ -453,6 +458,39 @@ class DistillationTrainer(Trainer):
         return self.lr_scheduler
 
     # -- saving and resuming ------------------------------------------------------------------------
+    def _get_output_dir(self, trial) -> str:
+        return getattr(self, "_staging_dir", None) or super()._get_output_dir(trial)
+
+    def _save_checkpoint(self, model, trial) -> None:
+        """Trainer's checkpoint, written into a staging directory and renamed into place once complete: a run
+        killed while saving leaves no half-written ``checkpoint-N`` behind."""
+        run_dir = super()._get_output_dir(trial)
+        name = f"checkpoint-{self.state.global_step}"
+        staging = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")
+        if self.args.should_save:
+            shutil.rmtree(staging, ignore_errors=True)  # left by a run killed while saving
+        self._staging_dir = staging
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._staging_dir = None
+        self.accelerator.wait_for_everyone()  # every rank has written its RNG state
+        if self.args.should_save:
+            final = os.path.join(run_dir, name)
+            fsync_tree(os.path.join(staging, name))
+            if os.path.isdir(final):  # the same step saved by an earlier attempt
+                shutil.rmtree(final)
+            os.rename(os.path.join(staging, name), final)
+            fsync_dir(run_dir)
+            shutil.rmtree(staging, ignore_errors=True)
+            best = self.state.best_model_checkpoint
+            if best and best.startswith(staging):
+                self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging))
+                self.state.save_to_json(os.path.join(final, "trainer_state.json"))
+            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
+                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+        self.accelerator.wait_for_everyone()
+
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
@@ -467,10 +505,10 @@ class DistillationTrainer(Trainer):
         torch.save(self.args, os.path.join(output_dir, "training_args.bin"))
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model=None) -> None:
-        weights = os.path.join(resume_from_checkpoint, "model.safetensors")
-        if not os.path.isfile(weights):
-            raise ValueError(f"{resume_from_checkpoint!r} holds no model.safetensors: not a checkpoint of this trainer")
-        self.student.load_state_dict(load_file(weights), strict=True)
+        problem = checkpoint_problem(resume_from_checkpoint, self.args.save_only_model)
+        if problem:
+            raise ValueError(f"cannot resume from {resume_from_checkpoint!r}: {problem}")
+        self.student.load_state_dict(load_file(os.path.join(resume_from_checkpoint, "model.safetensors")), strict=True)
         distiller_file = os.path.join(resume_from_checkpoint, DISTILLER_WEIGHTS_NAME)
         if os.path.isfile(distiller_file):
             self.distiller.load_state_dict(load_file(distiller_file), strict=True)
@@ -479,6 +517,85 @@ class DistillationTrainer(Trainer):
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
+
+
+STAGING_PREFIX = ".staging-"
+
+
+def fsync_tree(path: str) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def checkpoint_problem(path: str, save_only_model: bool = False) -> Optional[str]:
+    """What is missing or corrupt in a checkpoint directory, naming the file; None when it is complete."""
+    import zipfile
+
+    if not os.path.isdir(path):
+        return "no such directory"
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            json.load(f)["global_step"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"trainer_state.json is missing or unreadable ({type(err).__name__})"
+    weights = ["model.safetensors"] + ([DISTILLER_WEIGHTS_NAME] if os.path.exists(os.path.join(path, DISTILLER_WEIGHTS_NAME)) else [])
+    for name in weights:
+        try:
+            load_file(os.path.join(path, name))
+        except Exception as err:  # missing, truncated, not safetensors
+            return f"{name} is missing or corrupt ({type(err).__name__}: {str(err)[:120]})"
+    pickles = [] if save_only_model else ["optimizer.pt", "scheduler.pt"]
+    pickles += [f for f in os.listdir(path) if f.startswith("rng_state") and f.endswith(".pth")]
+    for name in pickles:
+        full = os.path.join(path, name)
+        try:
+            with zipfile.ZipFile(full) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{name} is corrupt (member {bad})"
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{name} is missing or corrupt ({type(err).__name__})"
+    return None
+
+
+def find_resumable_checkpoint(output_dir: str, save_only_model: bool = False) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones are skipped, and said so."""
+    import re
+
+    steps = sorted((int(m.group(1)), e) for e in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", e)) and os.path.isdir(os.path.join(output_dir, e)))
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path, save_only_model)
+        if problem is None:
+            return path
+        logger.warning(f"skipping incomplete checkpoint {path}: {problem}")
+    return None
+
+
+class FiniteMetricsCallback(TrainerCallback):
+    """A diverged run must not look finished: a non-finite evaluation metric stops it with an error."""
+
+    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
+        check_finite_metrics(metrics or {})
+
+
+def check_finite_metrics(metrics: Dict[str, float]) -> None:
+    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(f"evaluation gave non-finite {bad}: the run diverged (lower the learning rate or the "
+                                 "loss weights). Its last complete checkpoint is kept; the final model is not written.")
 
 
 def _as_float(value) -> Optional[float]:
