@@ -71,3 +71,38 @@ def offline_mode():
 def unreachable_reason() -> str:
     return ("offline mode is on (HF_HUB_OFFLINE)" if is_offline()
             else f"{endpoint()} did not answer within {CONNECT_TIMEOUT_S:g} s")
+
+
+PUSHED_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png", "run_config.yaml", "timm/*"]
+NOT_PUSHED = ["checkpoint-*/*", ".*", "*/.*", "training_args.bin", "*.pt", "*.pth", "run_state.json"]
+
+
+def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, vanilla_dir=None,
+             commit_message: str = "Upload a student distilled with hf_mkcd") -> str:
+    """Publish a finished run: weights, config, model code, image processor, the model card and its training
+    curves, ``run_config.yaml``, ``all_results.json``. Fails fast, in one line, when the Hub cannot be reached;
+    the local outputs are left as they are."""
+    import json
+
+    from .loading import HubUnavailableError
+    from .model_card import write_student_card
+
+    state_path = os.path.join(output_dir, "run_state.json")
+    status = None
+    if os.path.isfile(state_path):
+        with open(state_path) as f:
+            status = json.load(f).get("status")
+    if status != "finished":
+        raise ValueError(f"{output_dir!r} is not a finished run (status {status!r}): only finished runs are pushed")
+    write_student_card(output_dir, repo_id, vanilla_dir)  # the card travels with the outputs, pushed or not
+    if not hub_reachable():
+        raise HubUnavailableError(f"cannot push {output_dir} to {repo_id}: the Hugging Face Hub cannot be reached "
+                                  f"({unreachable_reason()}); the run is saved locally, push it later with "
+                                  f"scripts/push_to_hub.py {output_dir} --hub_model_id {repo_id}")
+    from huggingface_hub import HfApi
+
+    api = HfApi(token=token)
+    url = api.create_repo(repo_id, private=private, exist_ok=True)
+    api.upload_folder(folder_path=output_dir, repo_id=url.repo_id, allow_patterns=PUSHED_PATTERNS,
+                      ignore_patterns=NOT_PUSHED, commit_message=commit_message)
+    return str(url)

@@ -22,6 +22,8 @@ from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
+from .hub import hub_reachable, unreachable_reason
+from .model_card import INFO_NAME, distillation_info
 from .run_dir import RunDirectory, run_fingerprint
 from .teacher_cache import tensor_hash
 from .trainer import (DistillationTrainer, DistillationTrainingArguments, check_finite_metrics, find_resumable_checkpoint,
@@ -149,14 +151,16 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
     return trainer, data
 
 
-def save_final(trainer: DistillationTrainer, output_dir: str) -> None:
+def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> None:
     """The final model, written next to the run's other files through a temporary directory: each file replaces
     its predecessor whole (``run_state.json`` says ``finished`` only after all of them)."""
     if not trainer.args.should_save:
         return
     tmp = os.path.join(output_dir, ".final-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(tmp)
+    trainer.save_model(tmp, _internal_call=True)  # the push, if asked for, comes once the run is finished
+    with open(os.path.join(tmp, INFO_NAME), "w") as f:
+        json.dump(info, f, indent=2, default=str)
     if trainer.teacher is None:  # a plain classifier: also in timm's own Hub layout
         trainer.student.export_timm(os.path.join(tmp, TIMM_EXPORT_DIR))
     fsync_tree(tmp)
@@ -181,6 +185,9 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
                               training_args.allow_changes)  # every process decides before anything is written
     trainer.accelerator.wait_for_everyone()
     run_dir.lock()
+    if training_args.push_to_hub and training_args.should_save and not hub_reachable():
+        logger.warning(f"--push_to_hub: the Hub cannot be reached now ({unreachable_reason()}); the run trains and saves "
+                       "locally, and the push at the end will fail unless the Hub is back (scripts/push_to_hub.py later)")
     try:
         if decision == "finished":
             logger.info(f"{output_dir} holds this run, finished: nothing to do (--overwrite_output_dir to redo it)")
@@ -207,7 +214,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
             evaluation.update(trainer.evaluate(data.test, metric_key_prefix="test"), test_samples=len(data.test))
             check_finite_metrics(evaluation)
         if training_args.do_train:
-            save_final(trainer, output_dir)
+            save_final(trainer, output_dir, distillation_info(trainer, model_args, data_args))
             trainer.log_metrics("train", {k: v for k, v in results.items() if k.startswith("train")})
             trainer.save_metrics("train", results)
             trainer.save_state()
@@ -215,9 +222,13 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
         trainer.log_metrics("eval", evaluation)
         trainer.save_metrics("eval", evaluation)
         run_dir.write_state("finished", results=results)
-        return results
     except BaseException as err:
         run_dir.write_state("failed", error=f"{type(err).__name__}: {err}")
         raise
     finally:
         run_dir.unlock()
+    if training_args.push_to_hub and training_args.do_train:  # only a finished run is pushed
+        url = trainer.push_to_hub()
+        if url:
+            logger.info(f"pushed {output_dir} to {url}")
+    return results

@@ -518,6 +518,34 @@ class DistillationTrainer(Trainer):
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
 
+    # -- the Hub: one push of the finished run, with hf_mkcd's card ---------------------------------------
+    def init_hf_repo(self, token=None, private=None) -> None:
+        """Deferred: the repository is created by the push at the end of a successful run, so training starts
+        offline too, and a failed run creates nothing."""
+        self.hub_model_id = self.args.hub_model_id or os.path.basename(os.path.abspath(self.args.output_dir))
+        self.push_in_progress = None
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        """Checkpoints are not pushed: the finished run is, once."""
+
+    def create_model_card(self, *args, **kwargs) -> None:
+        """hf_mkcd's card (model_cards/student.md, filled from the run's files) instead of the stock one."""
+        from .model_card import write_student_card
+
+        if self.is_world_process_zero():
+            write_student_card(self.args.output_dir, self.args.hub_model_id)
+
+    def push_to_hub(self, commit_message: Optional[str] = None, blocking: bool = True, token=None, revision=None,
+                    private=None, **kwargs):
+        """Push the finished run in ``output_dir`` (weights, code, processor, card, curves, recipe, results)."""
+        from .hub import push_run
+
+        if not self.is_world_process_zero():
+            return None
+        return push_run(self.args.output_dir, self.args.hub_model_id or self.hub_model_id,
+                        private=private if private is not None else self.args.hub_private_repo,
+                        token=token or self.args.hub_token)
+
 
 STAGING_PREFIX = ".staging-"
 

@@ -9,7 +9,10 @@ Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe of the
 directory ends up holding the student (``AutoModelForImageClassification.from_pretrained`` after
 ``import hf_mkcd``), its image processor, all_results.json, trainer_state.json and run_config.yaml.
 """
+import sys
+
 from hf_mkcd.data import DataArguments
+from hf_mkcd.loading import HubUnavailableError
 from hf_mkcd.run import ModelArguments, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 
@@ -20,4 +23,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HubUnavailableError as err:  # one line, not a traceback: everything local is saved
+        sys.exit(f"error: {err}")

@@ -10,6 +10,7 @@ a model (``AutoModelForImageClassification.from_pretrained`` after ``import hf_m
 import sys
 
 from hf_mkcd.data import DataArguments
+from hf_mkcd.loading import HubUnavailableError
 from hf_mkcd.run import ModelArguments, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 
@@ -25,4 +26,7 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except HubUnavailableError as err:  # one line, not a traceback: everything local is saved
+        sys.exit(f"error: {err}")

@@ -44,6 +44,15 @@ def ab_connector(student_shape, teacher_shape) -> nn.Module:
 
 @register_distiller("ab")
 class AB(Distiller):
+    paper = 'Heo et al., AAAI 2019'
+    bibtex = (
+        '@inproceedings{heo2019knowledge,\n'
+        '  title={Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons},\n'
+        '  author={Heo, Byeongho and Lee, Minsik and Yun, Sangdoo and Choi, Jin Young},\n'
+        '  booktitle={AAAI},\n'
+        '  year={2019}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "preact_stages"})
     teacher_needs = frozenset({"preact_stages", "logits"})
     needs_pair = True

@@ -33,6 +33,15 @@ def at_loss(student_maps, teacher_maps, p: float = 2.0) -> torch.Tensor:
 
 @register_distiller("at")
 class AT(Distiller):
+    paper = 'Zagoruyko & Komodakis, ICLR 2017'
+    bibtex = (
+        '@inproceedings{zagoruyko2017paying,\n'
+        '  title={Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks via Attention Transfer},\n'
+        '  author={Zagoruyko, Sergey and Komodakis, Nikos},\n'
+        '  booktitle={ICLR},\n'
+        '  year={2017}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "stages"})
     teacher_needs = frozenset({"stages"})
     defaults = {"ce_weight": 1.0, "feat_weight": 1000.0, "p": 2.0}

@@ -103,6 +103,8 @@ class Pair:
 
 class Distiller(nn.Module):
     name: str = ""
+    paper: str = ""  # "Authors, venue year": shown in model cards and the README
+    bibtex: str = ""  # the paper's citation, in model cards
     student_needs = frozenset({"logits"})
     teacher_needs = frozenset({"logits"})
     batch_needs = frozenset()

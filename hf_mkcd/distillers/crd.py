@@ -47,6 +47,15 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 
 @register_distiller("crd")
 class CRD(Distiller):
+    paper = 'Tian et al., ICLR 2020'
+    bibtex = (
+        '@inproceedings{tian2020contrastive,\n'
+        '  title={Contrastive Representation Distillation},\n'
+        '  author={Tian, Yonglong and Krishnan, Dilip and Isola, Phillip},\n'
+        '  booktitle={ICLR},\n'
+        '  year={2020}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "pooled"})
     teacher_needs = frozenset({"pooled", "logits"})
     batch_needs = frozenset({"index"})

@@ -11,4 +11,13 @@ from .kd import KD
 
 @register_distiller("ctkd")
 class CTKD(KD):
+    paper = 'Li et al., AAAI 2023'
+    bibtex = (
+        '@inproceedings{li2023curriculum,\n'
+        '  title={Curriculum Temperature for Knowledge Distillation},\n'
+        '  author={Li, Zheng and Li, Xiang and Yang, Lingfeng and Zhao, Borui and Song, Renjie and Luo, Lei and Li, Jun and Yang, Jian},\n'
+        '  booktitle={AAAI},\n'
+        '  year={2023}\n'
+        '}'
+    )
     temperature_schedule = "ctkd"

@@ -29,6 +29,15 @@ def dist_loss(student_logits, teacher_logits, beta: float, gamma: float, tempera
 
 @register_distiller("dist")
 class DIST(Distiller):
+    paper = 'Huang et al., NeurIPS 2022'
+    bibtex = (
+        '@inproceedings{huang2022knowledge,\n'
+        '  title={Knowledge Distillation from A Stronger Teacher},\n'
+        '  author={Huang, Tao and You, Shan and Wang, Fei and Qian, Chen and Xu, Chang},\n'
+        '  booktitle={NeurIPS},\n'
+        '  year={2022}\n'
+        '}'
+    )
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "kd_weight": 2.0, "beta": 1.0, "gamma": 1.0}
 

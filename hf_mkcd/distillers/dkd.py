@@ -29,6 +29,15 @@ def dkd_loss(student_logits, teacher_logits, labels, alpha: float, beta: float, 
 
 @register_distiller("dkd")
 class DKD(Distiller):
+    paper = 'Zhao et al., CVPR 2022'
+    bibtex = (
+        '@inproceedings{zhao2022decoupled,\n'
+        '  title={Decoupled Knowledge Distillation},\n'
+        '  author={Zhao, Borui and Cui, Quan and Song, Renjie and Qiu, Yiyu and Liang, Jiajun},\n'
+        '  booktitle={CVPR},\n'
+        '  year={2022}\n'
+        '}'
+    )
     uses_temperature = True
     defaults = {"ce_weight": 1.0, "alpha": 1.0, "beta": 8.0, "warmup_epochs": 20.0}
 

@@ -11,6 +11,15 @@ from ..models.projectors import ConvRegressor
 
 @register_distiller("fitnet")
 class FitNet(Distiller):
+    paper = 'Romero et al., ICLR 2015'
+    bibtex = (
+        '@inproceedings{romero2015fitnets,\n'
+        '  title={FitNets: Hints for Thin Deep Nets},\n'
+        '  author={Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine and Gatta, Carlo and Bengio, Yoshua},\n'
+        '  booktitle={ICLR},\n'
+        '  year={2015}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "stages"})
     teacher_needs = frozenset({"stages"})
     needs_pair = True

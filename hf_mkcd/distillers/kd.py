@@ -8,6 +8,15 @@ from .losses import kd_loss
 
 @register_distiller("kd")
 class KD(Distiller):
+    paper = 'Hinton et al., 2015'
+    bibtex = (
+        '@article{hinton2015distilling,\n'
+        '  title={Distilling the Knowledge in a Neural Network},\n'
+        '  author={Hinton, Geoffrey and Vinyals, Oriol and Dean, Jeff},\n'
+        '  journal={arXiv preprint arXiv:1503.02531},\n'
+        '  year={2015}\n'
+        '}'
+    )
     uses_temperature = True
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 

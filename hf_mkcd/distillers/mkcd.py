@@ -15,6 +15,17 @@ from .losses import feature_mse, kd_loss
 
 @register_distiller("mkcd")
 class MKCD(Distiller):
+    paper = 'MKCD, ICJE 11(3), 2025'
+    bibtex = (
+        '@article{mkcd2025,\n'
+        '  title={Multi-knowledge Collaborative Distillation Framework based on an Encoder-decoder Feature Projector},\n'
+        '  journal={ICJE},\n'
+        '  volume={11},\n'
+        '  number={3},\n'
+        '  year={2025},\n'
+        '  doi={10.6919/ICJE.202503_11(3).0014}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "projected"})
     teacher_needs = frozenset({"logits", "features"})
     projector = "mkcd"

@@ -49,6 +49,15 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
 
 @register_distiller("mlkd")
 class MLKD(Distiller):
+    paper = 'Jin et al., CVPR 2023'
+    bibtex = (
+        '@inproceedings{jin2023multi,\n'
+        '  title={Multi-Level Logit Distillation},\n'
+        '  author={Jin, Ying and Wang, Jiaqi and Lin, Dahua},\n'
+        '  booktitle={CVPR},\n'
+        '  year={2023}\n'
+        '}'
+    )
     views = ("strong",)
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 

@@ -4,6 +4,8 @@ from .base import Distiller, register_distiller
 
 @register_distiller("none")
 class NoDistillation(Distiller):
+    paper = 'no teacher (cross-entropy)'
+    bibtex = ""
     teacher_needs = frozenset()
     defaults = {"ce_weight": 1.0}
 

@@ -51,6 +51,15 @@ def teacher_stage_bns(teacher: nn.Module, method: str):
 
 @register_distiller("ofd")
 class OFD(Distiller):
+    paper = 'Heo et al., ICCV 2019'
+    bibtex = (
+        '@inproceedings{heo2019comprehensive,\n'
+        '  title={A Comprehensive Overhaul of Feature Distillation},\n'
+        '  author={Heo, Byeongho and Kim, Jeesoo and Yun, Sangdoo and Park, Hyojin and Kwak, Nojun and Choi, Jin Young},\n'
+        '  booktitle={ICCV},\n'
+        '  year={2019}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "preact_stages"})
     teacher_needs = frozenset({"preact_stages"})
     needs_pair = True

@@ -67,6 +67,15 @@ def _levels(outputs, stages_key):
 
 @register_distiller("reviewkd")
 class ReviewKD(Distiller):
+    paper = 'Chen et al., CVPR 2021'
+    bibtex = (
+        '@inproceedings{chen2021distilling,\n'
+        '  title={Distilling Knowledge via Knowledge Review},\n'
+        '  author={Chen, Pengguang and Liu, Shu and Zhao, Hengshuang and Jia, Jiaya},\n'
+        '  booktitle={CVPR},\n'
+        '  year={2021}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "stages", "pooled"})
     teacher_needs = frozenset({"preact_stages", "pooled"})
     needs_pair = True

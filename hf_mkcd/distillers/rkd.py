@@ -34,6 +34,15 @@ def rkd_angle_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
 
 @register_distiller("rkd")
 class RKD(Distiller):
+    paper = 'Park et al., CVPR 2019'
+    bibtex = (
+        '@inproceedings{park2019relational,\n'
+        '  title={Relational Knowledge Distillation},\n'
+        '  author={Park, Wonpyo and Kim, Dongju and Lu, Yan and Cho, Minsu},\n'
+        '  booktitle={CVPR},\n'
+        '  year={2019}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "pooled"})
     teacher_needs = frozenset({"pooled"})
     defaults = {"ce_weight": 1.0, "distance_weight": 25.0, "angle_weight": 50.0}

@@ -10,6 +10,15 @@ from .losses import feature_mse
 
 @register_distiller("simkd")
 class SimKD(Distiller):
+    paper = 'Chen et al., CVPR 2022'
+    bibtex = (
+        '@inproceedings{chen2022knowledge,\n'
+        '  title={Knowledge Distillation with the Reused Teacher Classifier},\n'
+        '  author={Chen, Defang and Mei, Jian-Ping and Zhang, Hailin and Wang, Can and Feng, Yan and Chen, Chun},\n'
+        '  booktitle={CVPR},\n'
+        '  year={2022}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "projected"})
     teacher_needs = frozenset({"features"})
     projector = "simkd"

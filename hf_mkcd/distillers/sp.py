@@ -21,6 +21,15 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
 
 @register_distiller("sp")
 class SP(Distiller):
+    paper = 'Tung & Mori, ICCV 2019'
+    bibtex = (
+        '@inproceedings{tung2019similarity,\n'
+        '  title={Similarity-Preserving Knowledge Distillation},\n'
+        '  author={Tung, Frederick and Mori, Greg},\n'
+        '  booktitle={ICCV},\n'
+        '  year={2019}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "stages"})
     teacher_needs = frozenset({"stages"})
     defaults = {"ce_weight": 1.0, "feat_weight": 3000.0}

@@ -16,6 +16,15 @@ from .losses import feature_mse, kd_loss
 
 @register_distiller("srrl")
 class SRRL(Distiller):
+    paper = 'Yang et al., ICLR 2021'
+    bibtex = (
+        '@inproceedings{yang2021knowledge,\n'
+        '  title={Knowledge Distillation via Softmax Regression Representation Learning},\n'
+        '  author={Yang, Jing and Martinez, Brais and Bulat, Adrian and Tzimiropoulos, Georgios},\n'
+        '  booktitle={ICLR},\n'
+        '  year={2021}\n'
+        '}'
+    )
     student_needs = frozenset({"logits", "projected"})
     teacher_needs = frozenset({"logits", "features"})
     projector = "srrl"

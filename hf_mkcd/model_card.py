@@ -1,0 +1,235 @@
+"""Model cards for distilled students and converted teachers, filled from a run's own files.
+
+Nothing in a card is typed by hand: ``student_card`` reads ``run_config.yaml``, ``all_results.json``,
+``trainer_state.json``, ``config.json`` and ``distillation_info.json`` (parameters and FLOPs measured at
+the end of the run) from the output directory, draws ``training_curves.png`` from the log history, and
+renders ``model_cards/student.md`` through huggingface_hub's ``ModelCard.from_template``. The metadata's
+``model-index`` carries top-1 (``accuracy``) and top-5 on the evaluation split, which the Hub parses.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from typing import Optional
+
+import yaml
+
+TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "model_cards")
+PACKAGE_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "card_templates")
+INFO_NAME = "distillation_info.json"
+CURVES_NAME = "training_curves.png"
+LIBRARY_BIBTEX = ("@software{hf_mkcd,\n  title={hf_mkcd: knowledge distillation of image classifiers, Hugging Face-native},\n"
+                  "  year={2026}\n}")
+
+
+def template(name: str) -> str:
+    for root in (TEMPLATES, PACKAGE_TEMPLATES):
+        path = os.path.join(root, f"{name}.md")
+        if os.path.isfile(path):
+            with open(path) as f:
+                return f.read()
+    raise FileNotFoundError(f"model card template {name}.md not found in {TEMPLATES}")
+
+
+def count_mflops(model, input_size) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    model = model.eval()
+    x = torch.zeros(1, *input_size, device=next(model.parameters()).device)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(x)
+    return counter.get_total_flops() / 2e6  # multiply-adds, the KD literature's "FLOPs"
+
+
+def distillation_info(trainer, model_args, data_args) -> dict:
+    """What a card needs that the run's other files do not hold: sizes and costs, measured here."""
+    from .distillers.base import get_distiller_class
+
+    student = trainer.student
+    cfg = student.config
+    size = (cfg.num_channels, cfg.image_size, cfg.image_size)
+
+    class Logits(__import__("torch").nn.Module):  # the deployable student's forward, for the FLOP counter
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, x):
+            return self.model(pixel_values=x).logits
+
+    info = {
+        "method": trainer.args.method, "method_paper": get_distiller_class(trainer.args.method).paper,
+        "hparams": {k: v for k, v in trainer.distiller.hparams.items()},
+        "temperature": repr(trainer.distiller.temperature) if trainer.distiller.temperature is not None else None,
+        "student": {"architecture": cfg.backbone, "params": sum(p.numel() for p in student.parameters())
+                    + sum(b.numel() for n, b in student.named_buffers() if n.startswith("classifier.")),
+                    "mflops": count_mflops(Logits(student), size)},
+        "projector": {"name": cfg.projector, "options": cfg.projector_kwargs,
+                      "params": sum(p.numel() for p in student.projector.parameters()) if student.projector is not None else 0},
+        "head": cfg.head, "dataset": data_args.dataset_name,
+        "eval_split": f"validation ({data_args.validation_samples} of {data_args.train_split})" if data_args.validation_samples
+        else (data_args.eval_split or "test"),
+    }
+    if trainer.teacher is not None:
+        teacher_dir = model_args.teacher_model_name_or_path
+        info["teacher"] = {"name": teacher_dir, "params": sum(p.numel() for p in trainer.teacher.parameters()),
+                           "mflops": count_mflops(trainer.teacher, (trainer._teacher_in_chans, *size[1:]))}
+        results = os.path.join(teacher_dir, "all_results.json") if teacher_dir and os.path.isdir(teacher_dir) else None
+        if results and os.path.isfile(results):
+            with open(results) as f:
+                teacher_results = json.load(f)
+            info["teacher"].update({k: teacher_results[k] for k in ("eval_top1", "eval_top5", "eval_samples") if k in teacher_results})
+    return info
+
+
+def _read(output_dir: str, name: str, loader=json.load):
+    path = os.path.join(output_dir, name)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return loader(f)
+
+
+def training_curves(output_dir: str) -> Optional[str]:
+    """Each logged loss term, the temperature and evaluation top-1 over training, from trainer_state.json."""
+    state = _read(output_dir, "trainer_state.json")
+    if not state:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    logs = state["log_history"]
+    steps = [e for e in logs if "loss" in e]
+    evals = [e for e in logs if "eval_top1" in e]
+    temps = [e for e in steps if "temperature" in e]
+    panels = 1 + bool(temps) + bool(evals)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.4))
+    axes = [axes] if panels == 1 else list(axes)
+    terms = sorted({k for e in steps for k in e if k.startswith("loss")})
+    for k in terms:
+        axes[0].plot([e["epoch"] for e in steps if k in e], [e[k] for e in steps if k in e], label=k, lw=1)
+    axes[0].set(xlabel="epoch", title="loss terms" if terms else "loss terms (none logged: raise logging frequency)")
+    if terms:
+        axes[0].set_yscale("log")
+        axes[0].legend(fontsize=7)
+    i = 1
+    if temps:
+        axes[i].plot([e["epoch"] for e in temps], [e["temperature"] for e in temps])
+        axes[i].set(xlabel="epoch", title="temperature")
+        i += 1
+    if evals:
+        axes[i].plot([e["epoch"] for e in evals], [100 * e["eval_top1"] for e in evals], marker="o", ms=3)
+        axes[i].set(xlabel="epoch", title="evaluation top-1 (%)")
+    fig.tight_layout()
+    path = os.path.join(output_dir, CURVES_NAME)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _first_sentence(doc: Optional[str]) -> str:
+    """The summary line of a method module's docstring, without its ``name``: prefix."""
+    if not doc:
+        return ""
+    text = " ".join(doc.strip().split("\n\n")[0].split())
+    return re.sub(r"^``\w+``:\s*", "", text)
+
+
+def _projector_options(projector: dict) -> str:
+    from .models.projectors import PROJECTORS, projector_options
+
+    if projector.get("name") not in PROJECTORS:
+        return ""
+    options = {**projector_options(projector["name"]), **(projector.get("options") or {})}
+    return ", ".join(f"{k}={v}" for k, v in options.items()) or "no options"
+
+
+def _pct(value) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None,
+                 license: str = "apache-2.0"):
+    """The model card of a finished distillation run (``huggingface_hub.ModelCard``)."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+    from .distillers.base import get_distiller_class
+
+    results = _read(output_dir, "all_results.json")
+    info = _read(output_dir, INFO_NAME)
+    config = _read(output_dir, "config.json")
+    run_config = _read(output_dir, "run_config.yaml", yaml.safe_load)
+    if not (results and info and config and run_config):
+        raise ValueError(f"{output_dir!r} is not a finished hf_mkcd run (all_results.json, {INFO_NAME}, config.json and "
+                         "run_config.yaml are needed)")
+    method = get_distiller_class(info["method"])
+    repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
+    dataset = info["dataset"]
+    teacher = info.get("teacher") or {}
+    teacher_repo = teacher.get("name") if teacher.get("name") and "/" in teacher["name"] and not os.path.exists(teacher["name"]) else None
+    eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
+                               dataset_name=dataset, dataset_split=info["eval_split"], metric_type="accuracy",
+                               metric_name="top-1 accuracy", metric_value=round(results["eval_top1"], 6))]
+    if "eval_top5" in results:
+        eval_results.append(EvalResult(task_type="image-classification", task_name="Image Classification",
+                                       dataset_type=dataset, dataset_name=dataset, dataset_split=info["eval_split"],
+                                       metric_type="top_5_accuracy", metric_name="top-5 accuracy",
+                                       metric_value=round(results["eval_top5"], 6)))
+    card_data = ModelCardData(
+        library_name="transformers", pipeline_tag="image-classification", license=license, model_name=repo_id,
+        tags=["knowledge-distillation", info["method"], "hf_mkcd", "timm", "image-classification"],
+        datasets=[dataset] if "/" in dataset and not os.path.exists(dataset) else None,
+        base_model=teacher_repo, metrics=["accuracy"], eval_results=eval_results)
+    rows = [{"name": f"`{info['student']['architecture']}` (this model)", "role": f"student, {info['method']}",
+             "top1": _pct(results.get("eval_top1")), "top5": _pct(results.get("eval_top5")),
+             "params": f"{info['student']['params']:,}", "mflops": f"{info['student']['mflops']:.1f}"}]
+    if teacher:
+        own_eval = teacher.get("eval_samples") not in (None, results.get("eval_samples"))
+        role = f"teacher (its own evaluation, {teacher['eval_samples']} images)" if own_eval else "teacher"
+        rows.append({"name": f"`{teacher['name']}`", "role": role, "top1": _pct(teacher.get("eval_top1")),
+                     "top5": _pct(teacher.get("eval_top5")), "params": f"{teacher['params']:,}",
+                     "mflops": f"{teacher['mflops']:.1f}"})
+    note = "" if teacher.get("eval_top1") is not None else "The teacher's accuracy is not recorded with it (–)."
+    if vanilla_dir:
+        vanilla = _read(vanilla_dir, "all_results.json") or {}
+        vinfo = _read(vanilla_dir, INFO_NAME) or {}
+        rows.append({"name": f"`{info['student']['architecture']}`", "role": "vanilla student (no teacher, same budget)",
+                     "top1": _pct(vanilla.get("eval_top1")), "top5": _pct(vanilla.get("eval_top5")),
+                     "params": f"{(vinfo.get('student') or {}).get('params', 0):,}",
+                     "mflops": f"{(vinfo.get('student') or {}).get('mflops', 0):.1f}"})
+    curves = training_curves(output_dir)
+    epochs = run_config.get("num_train_epochs")
+    training = (f"{epochs:g} epochs" if run_config.get("max_steps", -1) in (-1, None) else f"{run_config['max_steps']} steps") \
+        + f", batch {run_config.get('per_device_train_batch_size')} per device, {run_config.get('optim')} " \
+          f"({run_config.get('optim_args')}), LR {run_config.get('learning_rate')} ({run_config.get('lr_scheduler_type')}" \
+        + (f", x{run_config.get('lr_decay_rate')} after epochs {run_config.get('lr_decay_epochs')}" if run_config.get("lr_decay_epochs") else "") \
+        + f"), weight decay {run_config.get('weight_decay')}, augmentation {run_config.get('augmentation')}, seed {run_config.get('seed')}"
+    citations = "\n\n".join(b for b in (method.bibtex, get_distiller_class("mkcd").bibtex if info["method"] != "mkcd" else "",
+                                        LIBRARY_BIBTEX) if b)
+    with open(os.path.join(output_dir, "run_config.yaml")) as f:
+        run_config_text = f.read()
+    return ModelCard.from_template(
+        card_data, template_str=template("student"), model_name=repo_id, repo_id=repo_id,
+        student_arch=info["student"]["architecture"], teacher_name=teacher.get("name", "(none)"),
+        teacher_params=f"{teacher.get('params', 0):,}", method=info["method"], method_name=info["method"].upper(),
+        method_paper=method.paper, method_summary=_first_sentence(sys.modules[method.__module__].__doc__) or method.paper,
+        dataset=dataset, num_labels=config.get("num_labels", len(config.get("id2label", {}))),
+        image_size=config.get("image_size"), num_channels=config.get("num_channels"), eval_split=info["eval_split"],
+        eval_samples=results.get("eval_samples"), results=rows, results_note=note,
+        hparams=", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in info["hparams"].items()),
+        temperature=info.get("temperature") or "not used by this method", projector=info["projector"]["name"],
+        projector_params=f"{info['projector']['params']:,}", projector_options=_projector_options(info["projector"]),
+        head=info["head"], training_summary=training, run_config=run_config_text.strip(),
+        curves_file=os.path.basename(curves) if curves else CURVES_NAME, citations=citations)
+
+
+def write_student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None) -> str:
+    card = student_card(output_dir, repo_id, vanilla_dir)
+    path = os.path.join(output_dir, "README.md")
+    card.save(path)
+    return path
