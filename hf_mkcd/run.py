@@ -51,10 +51,31 @@ class ModelArguments:
     projector_latent_ratio: Optional[int] = field(default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."})
     projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 skip connection (default false)."})
 
+    def __post_init__(self):
+        # a recipe's value can be cleared from the command line: --teacher_checkpoint none
+        if isinstance(self.teacher_checkpoint, str) and self.teacher_checkpoint.lower() in ("", "none"):
+            self.teacher_checkpoint = None
+
     def projector_kwargs(self) -> dict:
         """The projector options set by the user (unset ones keep the projector's own defaults)."""
         given = {"factor": self.projector_factor, "latent_ratio": self.projector_latent_ratio, "skip": self.projector_skip}
         return {k: v for k, v in given.items() if v is not None}
+
+
+def mapping_to_argv(mapping: dict) -> list:
+    """``{"learning_rate": 0.1, "lr_decay_epochs": [5, 8]}`` -> ``["--learning_rate", "0.1", "--lr_decay_epochs", "5",
+    "8"]``; None means unset, a mapping becomes JSON (``distiller_kwargs``)."""
+    argv = []
+    for key, value in mapping.items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            argv += [f"--{key}", *map(str, value)]
+        elif isinstance(value, dict):
+            argv += [f"--{key}", json.dumps(value)]
+        else:
+            argv += [f"--{key}", str(value)]
+    return argv
 
 
 def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
@@ -66,15 +87,7 @@ def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
             config = yaml.safe_load(f) or {}
         if not isinstance(config, dict):
             raise ValueError("a recipe file must hold a mapping of argument names to values")
-        for key, value in config.items():
-            if value is None:
-                continue
-            if isinstance(value, (list, tuple)):
-                file_args += [f"--{key}", *map(str, value)]
-            elif isinstance(value, dict):
-                file_args += [f"--{key}", json.dumps(value)]
-            else:
-                file_args += [f"--{key}", str(value)]
+        file_args = mapping_to_argv(config)
     parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # a recipe key must name a flag exactly
     return parser.parse_args_into_dataclasses(args=file_args + argv, look_for_args_file=False)
 

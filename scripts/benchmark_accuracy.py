@@ -39,6 +39,8 @@ import yaml
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
+from hf_mkcd.run import mapping_to_argv  # noqa: E402
+
 ARG_FILE_KEYS = ("data", "student", "training")
 
 
@@ -64,11 +66,12 @@ def expand_cells(suite: dict) -> list:
     cells = []
     if "matrix" in suite:
         m = suite["matrix"]
-        for pair in m["pairs"]:
+        for spec in m["pairs"]:
+            teacher, student = (part.strip() for part in spec.split("->"))
+            pair = f"{teacher}_{student}"
             for method in m["methods"]:
-                recipe = m["recipe"].format(pair=pair, method=method)
-                if method == "none":
-                    recipe = m.get("vanilla_recipe", recipe).format(pair=pair, student=pair.split("_", 1)[-1])
+                pattern = m.get("vanilla_recipe", m["recipe"]) if method == "none" else m["recipe"]
+                recipe = pattern.format(pair=pair, method=method, teacher=teacher, student=student)
                 cells.append({"name": f"{pair}/{method}", "method": method, "recipe": recipe, "pair": pair,
                               "args": dict(m.get("args") or {})})
     for cell in suite.get("cells") or []:
@@ -81,20 +84,6 @@ def expand_cells(suite: dict) -> list:
     if dupes:
         raise ValueError(f"suite {suite['name']!r}: duplicate cell names {sorted(dupes)}")
     return cells
-
-
-def to_argv(mapping: dict) -> list:
-    argv = []
-    for key, value in mapping.items():
-        if value is None:
-            continue
-        if isinstance(value, (list, tuple)):
-            argv += [f"--{key}", *map(str, value)]
-        elif isinstance(value, dict):
-            argv += [f"--{key}", json.dumps(value)]
-        else:
-            argv += [f"--{key}", str(value)]
-    return argv
 
 
 def digest(obj) -> str:
@@ -132,7 +121,7 @@ def ensure_teacher(suite: dict, work_dir: str, log) -> tuple:
         log(f"training the suite's teacher {t['model_name_or_path']} into {out}")
         start = time.time()
         args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
-                          to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}))
+                          mapping_to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}))
         metrics = run(*args)
         with open(record_path + ".tmp", "w") as f:
             json.dump({"flags": flags, "metrics": metrics, "minutes": (time.time() - start) / 60}, f, indent=2)
@@ -171,7 +160,7 @@ def run_cell(flags: dict) -> dict:
     from hf_mkcd.run import ModelArguments, parse_args, run
     from hf_mkcd.trainer import DistillationTrainingArguments
 
-    args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), to_argv(flags))
+    args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), mapping_to_argv(flags))
     start = time.time()
     metrics = run(*args)
     with open(os.path.join(flags["output_dir"], "trainer_state.json")) as f:

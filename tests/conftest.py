@@ -7,6 +7,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from transformers import TrainerCallback  # noqa: E402
 
 import hf_mkcd  # noqa: E402,F401  (registers the CIFAR zoo)
 
@@ -54,3 +55,15 @@ def tiny_args(output_dir, **kwargs):
                     lr_decay_epochs=[0], dataloader_num_workers=0, disable_tqdm=True, seed=0)
     defaults.update(kwargs)
     return DistillationTrainingArguments(**defaults)
+
+
+
+class StopAt(TrainerCallback):
+    """Stop training once ``step`` optimizer steps are done (an interruption between checkpoints)."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            control.should_training_stop = True

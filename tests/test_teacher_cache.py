@@ -5,8 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
-from transformers import TrainerCallback
+from conftest import StopAt, tiny_args, tiny_data, tiny_student, tiny_teacher
 
 from hf_mkcd.teacher_cache import TeacherCacheMismatch
 from hf_mkcd.trainer import DistillationTrainer
@@ -83,15 +82,6 @@ def test_half_written_rows_are_recomputed_never_read(data, tmp_path):
     assert 0 < trainer.teacher_cache.misses < 96
     assert np.load(os.path.join(cache, "epoch_0001", "main.logits.filled.npy")).all()  # completed
     assert not np.isnan(np.load(os.path.join(cache, "epoch_0001", "main.logits.npy"))).any()
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_with_a_cache(data, tmp_path):

@@ -4,7 +4,7 @@ import os
 
 import pytest
 import torch
-from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
+from conftest import StopAt, tiny_args, tiny_data, tiny_student, tiny_teacher
 from transformers import AutoModelForImageClassification, TrainerCallback
 
 from hf_mkcd.trainer import DistillationTrainer, MultiStepSchedule
@@ -77,15 +77,6 @@ def test_gradient_accumulation_equals_one_large_batch(data, tmp_path, method):
         params.append({k: v.clone() for k, v in student.named_parameters()})
     for k in params[0]:
         torch.testing.assert_close(params[0][k], params[1][k], rtol=1e-5, atol=1e-6, msg=k)
-
-
-class StopAt(TrainerCallback):
-    def __init__(self, step):
-        self.step = step
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == self.step:
-            control.should_training_stop = True
 
 
 def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
