@@ -49,7 +49,8 @@ class ModelArguments:
     head: Optional[str] = field(default=None, metadata={"help": "Student head: teacher (the teacher's frozen classifier) or student (default: the method's)."})
     projector_factor: Optional[int] = field(default=None, metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default 2)."})
     projector_latent_ratio: Optional[int] = field(default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."})
-    projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 skip connection (default false)."})
+    projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 conv shortcut (default false)."})
+    projector_residual: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: the encoder-decoder corrects an identity shortcut (a 1x1 conv where channels differ), starting at zero."})
 
     def __post_init__(self):
         # a recipe's value can be cleared from the command line: --teacher_checkpoint none
@@ -58,7 +59,8 @@ class ModelArguments:
 
     def projector_kwargs(self) -> dict:
         """The projector options set by the user (unset ones keep the projector's own defaults)."""
-        given = {"factor": self.projector_factor, "latent_ratio": self.projector_latent_ratio, "skip": self.projector_skip}
+        given = {"factor": self.projector_factor, "latent_ratio": self.projector_latent_ratio, "skip": self.projector_skip,
+                 "residual": self.projector_residual}
         return {k: v for k, v in given.items() if v is not None}
 
 

@@ -1,7 +1,7 @@
 """Regenerate the README's tables from the results files the code wrote (no number is typed by hand).
 
-    python scripts/make_readme.py           # rewrite every generated section of README.md
-    python scripts/make_readme.py --check   # exit 1 if README.md differs from what the results files say
+    python scripts/make_readme.py           # rewrite every generated section of README.md and docs/mkcd.md
+    python scripts/make_readme.py --check   # exit 1 if either differs from what the results files say
 
 A generated section sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each NAME has
 a renderer below that reads one results file:
@@ -102,26 +102,33 @@ def regenerate(text: str) -> str:
     return MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
 
 
+DOCUMENTS = ("README.md", "docs/mkcd.md")
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--check", action="store_true", help="exit 1 if README.md is not what the results files say")
-    p.add_argument("--readme", default=os.path.join(ROOT, "README.md"))
+    p.add_argument("--check", action="store_true", help="exit 1 if a document is not what the results files say")
+    p.add_argument("--files", nargs="+", default=[os.path.join(ROOT, d) for d in DOCUMENTS])
     a = p.parse_args(argv)
-    with open(a.readme) as f:
-        text = f.read()
-    new = regenerate(text)
-    if a.check:
-        if new != text:
-            import difflib
+    stale = 0
+    for path in a.files:
+        with open(path) as f:
+            text = f.read()
+        new = regenerate(text)
+        sections = len(MARKER.findall(text))
+        if a.check:
+            if new != text:
+                import difflib
 
-            sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), "README.md", "generated"))
-            return 1
-        print(f"{a.readme}: {len(MARKER.findall(text))} generated sections match the results files")
-        return 0
-    with open(a.readme, "w") as f:
-        f.write(new)
-    print(f"regenerated {len(MARKER.findall(text))} sections of {a.readme}")
-    return 0
+                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), path, "generated"))
+                stale += 1
+            else:
+                print(f"{path}: {sections} generated sections match the results files")
+            continue
+        with open(path, "w") as f:
+            f.write(new)
+        print(f"regenerated {sections} sections of {path}")
+    return 1 if stale else 0
 
 
 if __name__ == "__main__":

@@ -197,3 +197,64 @@ with torch.no_grad():
     torch.testing.assert_close(torch.tensor(got["load_teacher"]), want, rtol=0, atol=0)
     torch.testing.assert_close(torch.tensor(got["timm"]), want, rtol=0, atol=0)
     assert got["frozen"]
+
+
+def test_download_half_against_olah(community_archive, tmp_path):
+    """A real third-party server of the Hub's download API (olah, serving a git repository of a converted teacher,
+    offline): load_teacher and timm's hf_hub: loader fetch it by id. .ci/run installs olah in its own environment
+    (it pins another huggingface_hub) and sets OLAH_CLI."""
+    import shutil
+    import socket
+    import urllib.request
+
+    olah = os.environ.get("OLAH_CLI")
+    if not olah or not shutil.which(olah):
+        pytest.skip("olah is not installed here (.ci/run installs it and sets OLAH_CLI)")
+    import convert_teachers
+
+    convert_teachers.main([str(community_archive), "--output_dir", str(tmp_path / "converted")])
+    mirror = tmp_path / "mirrors" / "models" / "org" / "cifar100-resnet56"
+    shutil.copytree(tmp_path / "converted" / "cifar100-resnet56", mirror)
+    git = ["git", "-C", str(mirror), "-c", "user.email=ci@localhost", "-c", "user.name=ci"]
+    for args in (["init", "-q", "-b", "main"], ["add", "-A"], ["commit", "-qm", "converted teacher"]):
+        subprocess.run(git + args, check=True, capture_output=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    (tmp_path / "olah.toml").write_text(
+        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "repos"}"\n'
+        f'mirrors-path = ["{tmp_path / "mirrors"}"]\n[accessibility]\noffline = true\n')
+    server = subprocess.Popen([olah, "-c", str(tmp_path / "olah.toml")], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(60):  # ready in about a second
+            try:
+                urllib.request.urlopen(f"{url}/api/models/org/cifar100-resnet56/revision/main", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.5)
+        check = r'''
+import json, torch, timm, hf_mkcd
+torch.manual_seed(0)
+x = torch.randn(2, 3, 32, 32)
+with torch.no_grad():
+    print(json.dumps({"load_teacher": hf_mkcd.load_teacher("org/cifar100-resnet56")(x).tolist(),
+                      "timm": timm.create_model("hf_hub:org/cifar100-resnet56", pretrained=True).eval()(x).tolist()}))
+'''
+        env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+        env.update(HF_ENDPOINT=url, HF_HOME=str(tmp_path / "hf_home"), HF_HUB_DISABLE_TELEMETRY="1")
+        loaded = subprocess.run([sys.executable, "-c", check], env=env, capture_output=True, text=True, timeout=300)
+        assert loaded.returncode == 0, loaded.stderr[-3000:]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    from hf_mkcd import load_teacher
+
+    got = json.loads(loaded.stdout.strip().splitlines()[-1])
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        want = load_teacher(str(tmp_path / "converted" / "cifar100-resnet56"))(x)
+    torch.testing.assert_close(torch.tensor(got["load_teacher"]), want, rtol=0, atol=0)
+    torch.testing.assert_close(torch.tensor(got["timm"]), want, rtol=0, atol=0)

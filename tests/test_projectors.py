@@ -80,3 +80,30 @@ def test_bad_inputs_raise_clearly():
         build_projector("mkcd", (8, 4, 4), (2, 4, 4), factor=2, latent_ratio=2)
     with pytest.raises(ValueError, match="unknown out_act"):
         build_projector("simkd", (8, 4, 4), (8, 4, 4), out_act="gelu")
+
+
+def test_residual_encoder_decoder_starts_as_its_shortcut(tmp_path):
+    """projector_residual: identity shortcut where the maps match (a 1x1 conv + BN where channels differ), the
+    decoder's last BN at zero, so the untrained projector passes the student's map through (then the ReLU)."""
+    import timm
+
+    from hf_mkcd import MKCDStudentForImageClassification
+
+    teacher = timm.create_model("cifar_resnet56", num_classes=10, in_chans=1).eval()
+    student = MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet20", projector="mkcd",
+                                                             projector_kwargs={"residual": True}, image_size=16)
+    proj = student.projector.eval()
+    assert float(proj.decoder[-1][1].weight.abs().sum()) == 0.0  # survived the model's weight initialisation
+    assert not list(proj.shortcut.parameters())  # 64 -> 64 channels: the identity
+    x = torch.relu(torch.randn(2, 64, 4, 4))
+    torch.testing.assert_close(proj(x), x)
+    student.save_pretrained(tmp_path / "s")
+    again = MKCDStudentForImageClassification.from_pretrained(tmp_path / "s")
+    for k, v in student.state_dict().items():
+        assert torch.equal(v, again.state_dict()[k]), k
+    wide = build_projector("mkcd", (32, 8, 8), (64, 4, 4), residual=True)  # other channels and size: learned shortcut
+    assert isinstance(wide.shortcut[0], torch.nn.AvgPool2d) and isinstance(wide.shortcut[1][0], torch.nn.Conv2d)
+    with pytest.raises(ValueError, match="skip and residual are two forms of the same shortcut"):
+        build_projector("mkcd", (64, 4, 4), (64, 4, 4), residual=True, skip=True)
+    with pytest.raises(ValueError, match="projector 'srrl' takes no \\['factor'\\]"):
+        build_projector("srrl", (64, 4, 4), (64, 4, 4), factor=2)

@@ -191,3 +191,41 @@ def test_distiller_kwargs_parse_whatever_typing_has_cached():
     typing.Optional[typing.Union[str, dict]]
     _, _, args = parse_args(ARGS, [os.path.join(ROOT, "recipes", "cifar100", "resnet110_resnet32_dkd.yaml")])
     assert args.distiller_kwargs == {"alpha": 1.0, "beta": 2.0, "warmup_epochs": 20.0}
+
+
+def test_the_cifar100_suite_runs_on_the_hub_schema(tmp_path):
+    """suites/cifar100_standard.yaml's plumbing (matrix of recipes, published numbers, resumable cells, summary) on a
+    local copy of the uoft-cs/cifar100 schema, with a community-layout teacher checkpoint and 2 steps per cell."""
+    import timm
+
+    import benchmark_accuracy
+    from cifar100_schema import write_cifar100_parquet
+
+    fixture = write_cifar100_parquet(tmp_path)
+    ckpt = tmp_path / "ckpt.pth"
+    torch.manual_seed(0)
+    torch.save({"model": timm.create_model("cifar_resnet32x4", num_classes=100).state_dict()}, ckpt)
+    suite = yaml.safe_load(open(os.path.join(ROOT, "suites", "cifar100_standard.yaml")))
+    suite["matrix"].update(pairs=["resnet32x4->resnet8x4"], methods=["none", "kd", "mkcd"],
+                           args={"dataset_name": str(fixture), "teacher_checkpoint": str(ckpt), "max_steps": 2,
+                                 "per_device_train_batch_size": 8, "dataloader_num_workers": 0, "use_cpu": True,
+                                 "image_size": 16, "eval_strategy": "no", "disable_tqdm": True, "test_split": "test"})
+    suite["seeds"], suite["name"] = [0], "cifar100_fixture"
+    suite["published"] = os.path.join(ROOT, "suites", "published_cifar100.yaml")
+    path = tmp_path / "cifar100_fixture.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results = tmp_path / "results"
+    args = [str(path), "--results_dir", str(results), "--work_dir", str(tmp_path / "work")]
+    assert benchmark_accuracy.main(args) == 0
+    cell = json.loads((results / "cifar100_fixture" / "resnet32x4_resnet8x4__kd" / "seed0.json").read_text())
+    assert cell["flags"]["method"] == "kd" and cell["flags"]["num_train_epochs"] == 240  # the recipe's own settings
+    assert "test_top1" in cell["metrics"] and cell["metrics"]["test_samples"] > 0
+    summary = json.loads((results / "cifar100_fixture" / "summary.json").read_text())
+    rows = {r["cell"]: r for r in summary["rows"]}
+    assert rows["resnet32x4_resnet8x4/kd"]["published"] == 73.33 and summary["complete"]
+    assert "vs_baseline" in rows["resnet32x4_resnet8x4/kd"]["test"]
+    md = (results / "cifar100_fixture" / "summary.md").read_text()
+    assert "| published |" in md and "73.33" in md
+    before = os.path.getmtime(results / "cifar100_fixture" / "resnet32x4_resnet8x4__kd" / "seed0.json")
+    assert benchmark_accuracy.main(args) == 0  # resumable: finished cells are skipped
+    assert os.path.getmtime(results / "cifar100_fixture" / "resnet32x4_resnet8x4__kd" / "seed0.json") == before

@@ -224,3 +224,20 @@ def test_private_trainer_hooks_we_override_keep_their_contract():
     source = inspect.getsource(Trainer._save_checkpoint)
     assert "self.save_model(output_dir, _internal_call=True)" in source and "_get_output_dir" in source
     assert "self._load_from_checkpoint(resume_from_checkpoint)" in inspect.getsource(Trainer.train)
+
+
+def test_another_scheduler_is_used_as_chosen_and_an_empty_decay_list_is_off(data, tmp_path, caplog):
+    """lr_decay_epochs decays the constant scheduler only; --lr_scheduler_type linear is honoured as asked."""
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="hf_mkcd")
+    assert tiny_args(tmp_path, lr_decay_epochs=[]).lr_decay_epochs is None  # `lr_decay_epochs: []` in a recipe: off
+    args = tiny_args(tmp_path, method="kd", max_steps=4, lr_scheduler_type="linear", lr_decay_epochs=[1],
+                     learning_rate=0.1)
+    assert args.lr_decay_epochs is None and "is used as it is" in caplog.text
+    teacher = tiny_teacher()
+    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args,
+                                  train_dataset=data.train)
+    trainer.train()
+    lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
+    assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])  # linear decay to 0 over 4 steps

@@ -55,6 +55,8 @@ class MKCDStudentPreTrainedModel(PreTrainedModel):
                 module.init_non_persistent_buffers()
         elif hasattr(module, "reset_parameters") and not isinstance(module, FrozenLinear):
             module.reset_parameters()
+            if getattr(module, "_zero_init", False):  # a residual branch's last BN starts at zero
+                torch.nn.init.zeros_(module.weight)
 
     def _set_gradient_checkpointing(self, enable: bool = True, *args, **kwargs):
         self.backbone.set_grad_checkpointing(enable)

@@ -94,14 +94,18 @@ class EncoderDecoderProjector(FeatureProjector):
              student's: lighter than a 3x3, no overlapping kernels), BN, ReLU; 1x1 conv m->C_t, BN,
              then ``out_act``.
     m = C_t / ``factor``. ``skip=True`` adds a 1x1 conv+BN shortcut from input to output (before the
-    final activation). ``out_act="relu"`` matches teachers whose pre-pool map is post-ReLU (all of
-    the CIFAR zoo); ``"none"`` for teachers ending in a norm (ConvNeXt, ...).
+    final activation). ``residual=True`` makes the encoder-decoder a correction on top of a shortcut
+    that is the identity wherever the two maps have the same channels (else a 1x1 conv + BN), with
+    the decoder's last BN starting at zero: the projector starts as the shortcut and learns what the
+    student's map lacks (zero-init residual branches, as in Goyal et al., 2017). ``out_act="relu"``
+    matches teachers whose pre-pool map is post-ReLU (all of the CIFAR zoo); ``"none"`` for teachers
+    ending in a norm (ConvNeXt, ...).
     """
 
     learned_resampling = True
 
     def __init__(self, student_shape, teacher_shape, factor: int = 2, latent_ratio: int = 2,
-                 skip: bool = False, out_act: str = "relu"):
+                 skip: bool = False, residual: bool = False, out_act: str = "relu"):
         super().__init__(student_shape, teacher_shape)
         c_s, c_t = self.student_shape[0], self.teacher_shape[0]
         m = c_t // factor
@@ -116,10 +120,19 @@ class EncoderDecoderProjector(FeatureProjector):
         else:
             first = conv_bn_relu(z, m, 3)
         self.decoder = nn.Sequential(first, conv_bn_relu(m, c_t, 1, relu=False))
-        self.skip = None
+        if skip and residual:
+            raise ValueError("mkcd projector: skip and residual are two forms of the same shortcut, choose one")
+        self.skip = self.shortcut = None
         if skip:
             resample = nn.Upsample(scale_factor=2, mode="nearest") if self.plan == "up2" else nn.Identity()
             self.skip = nn.Sequential(resample, nn.Conv2d(c_s, c_t, 1, stride, bias=False), nn.BatchNorm2d(c_t))
+        if residual:
+            resample = {"up2": nn.Upsample(scale_factor=2, mode="nearest"), "down2": nn.AvgPool2d(2)}.get(self.plan, nn.Identity())
+            channels = nn.Identity() if c_s == c_t else nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
+            self.shortcut = nn.Sequential(resample, channels)
+            last_bn = self.decoder[-1][1]
+            nn.init.zeros_(last_bn.weight)
+            last_bn._zero_init = True  # the student's weight init keeps it at zero
         self.out_act = _activation(out_act)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -127,6 +140,8 @@ class EncoderDecoderProjector(FeatureProjector):
         out = self.decoder(self.encoder(x))
         if self.skip is not None:
             out = out + self.skip(x)
+        if self.shortcut is not None:
+            out = out + self.shortcut(x)
         return self.out_act(out)
 
 
