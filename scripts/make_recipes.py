@@ -74,8 +74,9 @@ def mkcd_settings() -> dict:
     others = {k: v for k, v in mkcd.defaults.items() if k not in weights}
     return {"temperature_schedule": mkcd.temperature_schedule, **weights,
             **({"distiller_kwargs": others} if others else {}),
+            "temperature_min": 1.0, "temperature_max": 8.0,
             "projector_factor": opts["factor"], "projector_latent_ratio": opts["latent_ratio"],
-            "projector_skip": opts["skip"]}
+            "projector_skip": opts["skip"], "projector_residual": opts["residual"]}
 
 
 def method_settings(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:

@@ -86,7 +86,11 @@ class FeatureProjector(nn.Module):
 
 
 class EncoderDecoderProjector(FeatureProjector):
-    """MKCD's encoder-decoder projector (our design: docs/mkcd.md says why).
+    """MKCD's encoder-decoder projector (our design: docs/mkcd.md gives the ablation behind each default).
+
+    Defaults: residual, f = 4, r = 2. Measured on the proxy benchmark's validation split: without the residual
+    shortcut every squeeze of the latent cost accuracy (f=2: 80.7%, f=8: 79.5%, an identity map: 84.5%); with
+    it, widths from f=2 to f=8 gave the same 84.2%, so the lighter f=4 (a third of SimKD's parameters there).
 
     encoder: 1x1 conv C_s->m, BN, ReLU; 3x3 conv m->m/r (stride 2 when the student map is twice the
              teacher's), BN, ReLU  -> a compact latent of m/r channels.
@@ -104,8 +108,8 @@ class EncoderDecoderProjector(FeatureProjector):
 
     learned_resampling = True
 
-    def __init__(self, student_shape, teacher_shape, factor: int = 2, latent_ratio: int = 2,
-                 skip: bool = False, residual: bool = False, out_act: str = "relu"):
+    def __init__(self, student_shape, teacher_shape, factor: int = 4, latent_ratio: int = 2,
+                 skip: bool = False, residual: bool = True, out_act: str = "relu"):
         super().__init__(student_shape, teacher_shape)
         c_s, c_t = self.student_shape[0], self.teacher_shape[0]
         m = c_t // factor
