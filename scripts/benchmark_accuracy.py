@@ -303,11 +303,12 @@ def markdown_summary(summary: dict) -> str:
     if teacher.get("metrics"):
         m = teacher["metrics"]
         lines.append(f"Teacher `{teacher['model']}`: validation top-1 {100 * m['eval_top1']:.2f}"
-                     + (f", test top-1 {100 * m['test_top1']:.2f}" if "test_top1" in m else "")
+                     + (f", test top-1 {100 * m['test_top1']:.2f}" if "test_top1" in m and report == "test" else "")
                      + f" ({teacher['minutes']:.0f} min to train).")
         lines.append("")
     has_pub = any(r.get("published") is not None for r in summary["rows"])
-    head = ["cell", "method", "validation top-1", "test top-1", f"Δ vs `{summary['baseline']}` ({report}, paired)",
+    splits = ["validation", "test"] if report == "test" else ["validation"]  # choices read validation; test is final
+    head = ["cell", "method", *[f"{s} top-1" for s in splits], f"Δ vs `{summary['baseline']}` ({report}, paired)",
             "seeds better", "projector params", "min / run"] + (["published"] if has_pub else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
@@ -315,7 +316,7 @@ def markdown_summary(summary: dict) -> str:
         delta = f"{vs['mean']:+.2f} ± {vs['std']:.2f}" if vs else "–"
         wins = f"{vs['wins']}/{vs['n']}" if vs else "–"
         params = f"{r['projector_params']:,}" if r.get("projector_params") is not None else "–"
-        cells = [f"`{r['cell']}`", r["method"], _fmt(r.get("validation")), _fmt(r.get("test")), delta, wins, params,
+        cells = [f"`{r['cell']}`", r["method"], *[_fmt(r.get(s)) for s in splits], delta, wins, params,
                  f"{r['minutes']:.1f}" if r.get("minutes") else "–"]
         if has_pub:
             cells.append(f"{r['published']:.2f}" if isinstance(r.get("published"), (int, float)) else "–")

@@ -101,6 +101,34 @@ def round_robin(fns: dict, steps: int, warmup: int, sync) -> dict:
     return {name: statistics.median(t) * 1000 for name, t in times.items()}
 
 
+def plain_kd_step(a, teacher, batch):
+    """A KD step written the way the reference CIFAR loops run it (RepDistiller / mdistiller): plain PyTorch, NCHW
+    tensors, teacher forward under no_grad, student forward, CE + KD, backward, SGD. Our own code, for a
+    side-by-side figure: the library's KD step is compared with it in the same rounds."""
+    import copy
+
+    import timm
+
+    from hf_mkcd.distillers.losses import kd_loss
+
+    teacher = copy.deepcopy(teacher).to(memory_format=torch.contiguous_format)
+    student = timm.create_model(a.student, num_classes=a.classes).to(a.device).train()
+    optimizer = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    x = batch["pixel_values"].contiguous()
+    y = batch["labels"]
+
+    def step():
+        with torch.no_grad():
+            t_logits = teacher(x)
+        s_logits = student(x)
+        loss = 0.1 * torch.nn.functional.cross_entropy(s_logits, y) + 0.9 * kd_loss(s_logits, t_logits, 4.0)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def per_method(a, teacher, sync, tmp) -> dict:
     views_of = {m: get_distiller_class(m).views for m in a.methods}
     all_views = tuple(sorted({v for vs in views_of.values() for v in vs}))
@@ -123,7 +151,8 @@ def per_method(a, teacher, sync, tmp) -> dict:
         with torch.no_grad():
             teacher(batch["pixel_values"])
 
-    fns = {"teacher forward": teacher_forward,
+    fns = {"plain PyTorch KD step (NCHW)": plain_kd_step(a, teacher, batch),
+           "teacher forward": teacher_forward,
            "CE-only student step": step_fn(make_trainer("none", teacher, data, os.path.join(tmp, "none"), a.batch,
                                                         student=a.student))}
     for method in a.methods:
@@ -152,7 +181,11 @@ def per_method(a, teacher, sync, tmp) -> dict:
         rows[method] = row
         cached = f"{row['cached_ms']:>10.1f} {row['cached_x_floor']:>8.2f}" if row["cached_ms"] else f"{'-':>10s} {'-':>8s}"
         print(f"{method:10s} {row['ms']:>9.1f} {row['x_floor']:>8.2f} {cached}")
-    return {"teacher_forward_ms": t_teacher, "ce_step_ms": t_ce, "floor_ms": floor, "methods": rows}
+    plain = ms["plain PyTorch KD step (NCHW)"]
+    print(f"\nplain PyTorch KD step (NCHW, as the reference loops run): {plain:.1f} ms; hf_mkcd's KD step is "
+          f"{ms['kd'] / plain:.2f}x of it, {rows['kd']['cached_ms'] / plain:.2f}x with the teacher cache")
+    return {"teacher_forward_ms": t_teacher, "ce_step_ms": t_ce, "floor_ms": floor, "plain_kd_ms": plain,
+            "methods": rows}
 
 
 class Breakdown:

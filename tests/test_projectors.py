@@ -54,11 +54,19 @@ def test_simkd_parameter_counts_match_reference():
 
 
 def test_mkcd_parameter_count_by_hand():
-    c_s, c_t, m, z = 256, 256, 128, 64
-    expected = c_s * m + 9 * m * z + 9 * z * m + m * c_t + 2 * (m + z + m + c_t)
-    assert count_parameters(EncoderDecoderProjector((c_s, 8, 8), (c_t, 8, 8))) == expected
-    with_skip = EncoderDecoderProjector((c_s, 8, 8), (c_t, 8, 8), skip=True)
-    assert count_parameters(with_skip) == expected + c_s * c_t + 2 * c_t
+    def by_hand(c_s, c_t, factor):
+        m = c_t // factor
+        z = m // 2
+        return c_s * m + 9 * m * z + 9 * z * m + m * c_t + 2 * (m + z + m + c_t)
+
+    # defaults: residual, f=4; the shortcut is the identity where channels match: no parameters
+    assert count_parameters(EncoderDecoderProjector((256, 8, 8), (256, 8, 8))) == by_hand(256, 256, 4) == 70464
+    # where channels differ the shortcut is a 1x1 conv + BN
+    assert count_parameters(EncoderDecoderProjector((128, 8, 8), (256, 8, 8))) == by_hand(128, 256, 4) + 128 * 256 + 2 * 256
+    plain = EncoderDecoderProjector((256, 8, 8), (256, 8, 8), factor=2, residual=False)
+    assert count_parameters(plain) == by_hand(256, 256, 2)
+    with_skip = EncoderDecoderProjector((256, 8, 8), (256, 8, 8), factor=2, residual=False, skip=True)
+    assert count_parameters(with_skip) == by_hand(256, 256, 2) + 256 * 256 + 2 * 256
 
 
 def test_fitnet_regressor_kernels_and_undefined_case():
@@ -93,7 +101,7 @@ def test_residual_encoder_decoder_starts_as_its_shortcut(tmp_path):
     student = MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet20", projector="mkcd",
                                                              projector_kwargs={"residual": True}, image_size=16)
     proj = student.projector.eval()
-    assert float(proj.decoder[-1][1].weight.abs().sum()) == 0.0  # survived the model's weight initialisation
+    assert float(proj.decoder[-1][1].weight.detach().abs().sum()) == 0.0  # survived the model's weight initialisation
     assert not list(proj.shortcut.parameters())  # 64 -> 64 channels: the identity
     x = torch.relu(torch.randn(2, 64, 4, 4))
     torch.testing.assert_close(proj(x), x)

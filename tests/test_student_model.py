@@ -63,6 +63,12 @@ def test_frozen_head_gets_no_update_and_gradients_reach_exactly_backbone_and_pro
     assert {n.split(".")[0] for n, p in model.named_parameters() if p.grad.abs().sum() > 0} == {"backbone", "projector"}
     opt.step()
     assert torch.equal(model.classifier.weight, head_before)
+    # the residual branch's last BN starts at zero, so the first step moves only that BN in the projector;
+    # from the second step on the encoder learns too
+    assert not torch.equal(model.projector.decoder[-1][1].weight, params_before["projector.decoder.1.1.weight"])
+    opt.zero_grad()
+    model(pixel_values=torch.randn(4, 3, 32, 32), labels=torch.tensor([0, 1, 2, 3])).loss.backward()
+    opt.step()
     assert not torch.equal(model.projector.encoder[0][0].weight, params_before["projector.encoder.0.0.weight"])
 
 

@@ -9,8 +9,7 @@ classifier frozen; feature and logit knowledge are learned together:
 Defaults, each chosen by the ablation in docs/mkcd.md (proxy benchmark, validation split, 3 seeds): P is
 residual (an identity shortcut plus a zero-initialised encoder-decoder correction, f = 4, r = 2); T rises
 linearly from ``temperature_min`` = 1 to ``temperature_max`` = 8 over training (the progressive temperature:
-+0.9 point over a residual projector at constant T = 4, ahead of cosine-rising and of dropping the KD term);
-feature 1, KD 1, CE 1.
+ahead of a constant T = 4, of a cosine rise and of dropping the KD term on every seed); feature 1, KD 1, CE 1.
 """
 from .base import Distiller, register_distiller
 from .losses import feature_mse, kd_loss
