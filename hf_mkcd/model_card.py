@@ -75,7 +75,9 @@ def distillation_info(trainer, model_args, data_args) -> dict:
     }
     if trainer.teacher is not None:
         teacher_dir = model_args.teacher_model_name_or_path
-        info["teacher"] = {"name": teacher_dir, "params": sum(p.numel() for p in trainer.teacher.parameters()),
+        cfg = getattr(trainer.teacher, "pretrained_cfg", None) or {}
+        info["teacher"] = {"name": teacher_dir, "architecture": cfg.get("architecture") or type(trainer.teacher).__name__,
+                           "params": sum(p.numel() for p in trainer.teacher.parameters()),
                            "mflops": count_mflops(trainer.teacher, (trainer._teacher_in_chans, *size[1:]))}
         results = os.path.join(teacher_dir, "all_results.json") if teacher_dir and os.path.isdir(teacher_dir) else None
         if results and os.path.isfile(results):
@@ -172,6 +174,9 @@ def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Op
     dataset = info["dataset"]
     teacher = info.get("teacher") or {}
     teacher_repo = teacher.get("name") if teacher.get("name") and "/" in teacher["name"] and not os.path.exists(teacher["name"]) else None
+    teacher_label = teacher.get("name", "(none)")
+    if teacher and not teacher_repo and os.path.isdir(teacher_label):  # a local directory: its path means nothing elsewhere
+        teacher_label = f"{teacher.get('architecture') or 'teacher'} (trained locally: {os.path.basename(os.path.normpath(teacher_label))}/)"
     eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
                                dataset_name=dataset, dataset_split=info["eval_split"], metric_type="accuracy",
                                metric_name="top-1 accuracy", metric_value=round(results["eval_top1"], 6))]
@@ -191,7 +196,7 @@ def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Op
     if teacher:
         own_eval = teacher.get("eval_samples") not in (None, results.get("eval_samples"))
         role = f"teacher (its own evaluation, {teacher['eval_samples']} images)" if own_eval else "teacher"
-        rows.append({"name": f"`{teacher['name']}`", "role": role, "top1": _pct(teacher.get("eval_top1")),
+        rows.append({"name": f"`{teacher_label}`", "role": role, "top1": _pct(teacher.get("eval_top1")),
                      "top5": _pct(teacher.get("eval_top5")), "params": f"{teacher['params']:,}",
                      "mflops": f"{teacher['mflops']:.1f}"})
     note = "" if teacher.get("eval_top1") is not None else "The teacher's accuracy is not recorded with it (–)."
@@ -215,7 +220,7 @@ def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Op
         run_config_text = f.read()
     return ModelCard.from_template(
         card_data, template_str=template("student"), model_name=repo_id, repo_id=repo_id,
-        student_arch=info["student"]["architecture"], teacher_name=teacher.get("name", "(none)"),
+        student_arch=info["student"]["architecture"], teacher_name=teacher_label,
         teacher_params=f"{teacher.get('params', 0):,}", method=info["method"], method_name=info["method"].upper(),
         method_paper=method.paper, method_summary=_first_sentence(sys.modules[method.__module__].__doc__) or method.paper,
         dataset=dataset, num_labels=config.get("num_labels", len(config.get("id2label", {}))),

@@ -295,6 +295,24 @@ def _fmt(stat, key="mean"):
     return f"{stat['mean']:.2f} ± {stat['std']:.2f}"
 
 
+def standing(summary: dict, cell: str = "mkcd") -> list:
+    """Where ``cell`` ranks among the suite's cells on each split, and its paired difference to the best other
+    cell (per seed): the sentence the README's reading of the table starts from. Empty for suites without it."""
+    rows = {r["cell"]: r for r in summary["rows"]}
+    if cell not in rows or summary["report"] != "test" or len(rows) < 3:
+        return []
+    parts = []
+    for split in ("validation", "test"):
+        ranked = sorted((r for r in rows.values() if r.get(split)), key=lambda r: -r[split]["mean"])
+        rank = [r["cell"] for r in ranked].index(cell) + 1
+        best = next(r for r in ranked if r["cell"] != cell)
+        diffs = [a - b for a, b in zip(rows[cell][split]["per_seed"], best[split]["per_seed"])]
+        mean = sum(diffs) / len(diffs)
+        parts.append(f"on {split}, `{cell}` ranks {rank} of {len(ranked)}; against the best other cell, `{best['cell']}`, "
+                     f"{mean:+.2f} points (paired, {sum(d > 0 for d in diffs)}/{len(diffs)} seeds better)")
+    return ["Standing: " + "; ".join(parts) + ".", ""]
+
+
 def markdown_summary(summary: dict) -> str:
     """The suite's table (what the README shows)."""
     report = summary["report"]
@@ -322,7 +340,7 @@ def markdown_summary(summary: dict) -> str:
             cells.append(f"{r['published']:.2f}" if isinstance(r.get("published"), (int, float)) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     n = len(summary["seeds"])
-    lines.append("")
+    lines += [""] + standing(summary)
     lines.append(f"Mean ± std over {n} seeds (top-1 %, last epoch); Δ is the per-seed difference to the "
                  f"`{summary['baseline']}` cell of the same seed. "
                  + ("" if summary["complete"] else "**Incomplete: some cells have not run yet.** ")

@@ -4,6 +4,8 @@ whole Trainer with the real data pipeline.
     python scripts/benchmark_speed.py                       # resnet32x4 -> resnet8x4, batch 64, 32x32, 100 classes
     python scripts/benchmark_speed.py --steps 10 --methods kd mkcd dkd
     python scripts/benchmark_speed.py --output results/speed_cpu.json --readme   # + refresh the README's Speed tables
+    MALLOC_MMAP_THRESHOLD_=34359738368 MALLOC_TRIM_THRESHOLD_=34359738368 \
+        python scripts/benchmark_speed.py --output results/speed_cpu_malloc.json    # glibc keeps large blocks
 
 Part 1, per-method step cost: each method's real ``DistillationTrainer.training_step`` (teacher forward,
 student forward, loss, backward) plus the optimizer step, on one fixed batch; every kind of step is timed
@@ -82,6 +84,10 @@ def make_trainer(method: str, teacher, data, output_dir: str, batch: int, cache=
                                   train_dataset=data.train)
     trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first training_step
     return trainer
+
+
+# glibc's allocator settings that decide whether large activations are mmapped (and page-faulted) afresh every step
+MALLOC_ENV = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
 
 
 def round_robin(fns: dict, steps: int, warmup: int, sync) -> dict:
@@ -307,8 +313,10 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         part1 = per_method(a, teacher, sync, tmp)
         part2 = end_to_end(a, sync, tmp) if a.e2e_samples else {}
+    malloc_env = {k: os.environ[k] for k in MALLOC_ENV if k in os.environ}
+    command = " ".join([*(f"{k}={v}" for k, v in malloc_env.items()), "python scripts/benchmark_speed.py", *(argv or sys.argv[1:])])
     result = {"device": device_name(a.device), "device_type": a.device, "torch": torch.__version__,
-              "date": datetime.date.today().isoformat(), "command": "python scripts/benchmark_speed.py " + " ".join(argv or sys.argv[1:]),
+              "date": datetime.date.today().isoformat(), "command": command, "malloc_env": malloc_env,
               "settings": {k: v for k, v in vars(a).items() if k not in ("readme", "output", "build_cache_first")},
               "per_method": part1, "end_to_end": part2}
     path = a.output or os.path.join(ROOT, "results", f"speed_{a.device}.json")

@@ -30,7 +30,8 @@ def quickstart() -> str:
     r = _load("results/quickstart.json")
     a = r["args"]
     lines = [f"Measured by `{r['command']}` ({r['device']}; {a['epochs']:g} epochs per model, seed {a['seed']}, "
-             f"{a['eval_samples']:,} Fashion-MNIST test images, {r['wall_minutes']:.1f} minutes in all):", "",
+             f"{a['eval_samples']:,} Fashion-MNIST test images, {r.get('train_minutes', r['wall_minutes']):.1f} minutes of training "
+             "in all; minutes per model are its training time):", "",
              "| model | role | train images | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|"]
     for row in r["rows"]:
         lines.append(f"| `{row['model']}` | {row['role']} | {row['train_samples']:,} | {100 * row['top1']:.2f} | "
@@ -66,12 +67,29 @@ def _speed_table(r) -> list:
     return lines
 
 
+def _malloc_table(default, tuned) -> list:
+    """The same benchmark run twice, glibc's allocator left alone and told to keep large blocks."""
+    env = " ".join(f"{k}={v}" for k, v in tuned["malloc_env"].items())
+    d, t = default["per_method"], tuned["per_method"]
+    lines = [f"The same benchmark with glibc told to keep large blocks (`{env}`, {tuned['date']}; a separate run, so "
+             "compare the ratios):", "", "| step | default: ms | keep large blocks: ms | ratio | x floor then |",
+             "|---|---|---|---|---|",
+             f"| floor | {d['floor_ms']:.0f} | {t['floor_ms']:.0f} | {t['floor_ms'] / d['floor_ms']:.2f} | 1.00 |"]
+    for method, row in d["methods"].items():
+        if method in t["methods"]:
+            ms = t["methods"][method]["ms"]
+            lines.append(f"| `{method}` | {row['ms']:.0f} | {ms:.0f} | {ms / row['ms']:.2f} | {ms / t['floor_ms']:.2f} |")
+    return lines
+
+
 def speed() -> str:
     lines = []
     for device in ("cpu", "cuda"):
         path = f"results/speed_{device}.json"
         if os.path.isfile(os.path.join(ROOT, path)):
             lines += _speed_table(_load(path)) + [""]
+    if os.path.isfile(os.path.join(ROOT, "results/speed_cpu_malloc.json")) and os.path.isfile(os.path.join(ROOT, "results/speed_cpu.json")):
+        lines += _malloc_table(_load("results/speed_cpu.json"), _load("results/speed_cpu_malloc.json")) + [""]
     return "\n".join(lines)
 
 

@@ -71,6 +71,10 @@ def test_the_card_is_made_of_the_runs_own_numbers(student_run):
     assert os.path.getsize(os.path.join(student_run, "training_curves.png")) > 5000
     assert open(os.path.join(student_run, "run_config.yaml")).read().strip() in text  # the exact recipe
     assert "@article{mkcd2025" in text and 'pipeline("image-classification", model="me/tiny-mkcd"' in text
+    # a local teacher is named by its architecture, not by a path that means nothing on the Hub
+    local = f"cifar_resnet20 (trained locally: {os.path.basename(os.path.normpath(info['teacher']['name']))}/)"
+    assert info["teacher"]["architecture"] == "cifar_resnet20" and f"`{local}`" in text
+    assert info["teacher"]["name"] not in text.replace(open(os.path.join(student_run, "run_config.yaml")).read().strip(), "")
     # Trainer's own card hook writes this card, not transformers' stock one
     from hf_mkcd.trainer import DistillationTrainer
 

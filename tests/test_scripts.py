@@ -229,3 +229,19 @@ def test_the_cifar100_suite_runs_on_the_hub_schema(tmp_path):
     before = os.path.getmtime(results / "cifar100_fixture" / "resnet32x4_resnet8x4__kd" / "seed0.json")
     assert benchmark_accuracy.main(args) == 0  # resumable: finished cells are skipped
     assert os.path.getmtime(results / "cifar100_fixture" / "resnet32x4_resnet8x4__kd" / "seed0.json") == before
+
+
+def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
+    import benchmark_accuracy
+
+    def row(cell, val, test):
+        return {"cell": cell, "validation": {"mean": sum(val) / 3, "per_seed": val}, "test": {"mean": sum(test) / 3, "per_seed": test}}
+
+    summary = {"report": "test", "rows": [row("none", [80, 80, 80], [79, 79, 79]), row("fitnet", [88, 87, 86], [87, 86, 85]),
+                                          row("mkcd", [87, 88, 85], [86, 87, 86])]}
+    line = benchmark_accuracy.standing(summary)[0]
+    # validation: mkcd 86.67 < fitnet 87.0 -> rank 2; per seed -1, +1, -1 -> -0.33, 1/3 better
+    assert "on validation, `mkcd` ranks 2 of 3; against the best other cell, `fitnet`, -0.33 points (paired, 1/3" in line
+    # test: mkcd 86.33 > fitnet 86.0 -> rank 1; per seed -1, +1, +1 -> +0.33, 2/3 better
+    assert "on test, `mkcd` ranks 1 of 3; against the best other cell, `fitnet`, +0.33 points (paired, 2/3" in line
+    assert benchmark_accuracy.standing({**summary, "report": "validation"}) == []  # ablations: no test reading
