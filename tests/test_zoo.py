@@ -466,3 +466,19 @@ def test_crd_scores_by_whole_bank_matmul_equal_the_row_gather():
     big = torch.nn.functional.normalize(torch.randn(500, 8, generator=g))  # 500 * 4 > 120: the row-gather path
     torch.testing.assert_close(crd._scores(anchor.detach(), big, idx),
                                torch.exp(torch.bmm(big[idx], anchor.detach().unsqueeze(2)).squeeze(2) / 0.07))
+
+
+def test_mlkd_warns_once_below_cifar100s_class_count():
+    import warnings
+
+    from hf_mkcd.distillers import get_distiller_class
+
+    mlkd = get_distiller_class("mlkd")()
+    logits = {c: {"logits": torch.randn(8, c), "strong": {"logits": torch.randn(8, c)}} for c in (10, 100)}
+    batch = {"labels": torch.zeros(8, dtype=torch.long)}
+    with pytest.warns(UserWarning, match="about 100x larger with 10 classes"):
+        mlkd(logits[10], logits[10], batch, None)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mlkd(logits[10], logits[10], batch, None)  # once per run, not every step
+        get_distiller_class("mlkd")()(logits[100], logits[100], batch, None)  # CIFAR-100: silent

@@ -14,6 +14,8 @@ paper's formulas): masks apply per sample / class row (the reference reduces fir
 its term by the kept fraction); the strong-view class and batch terms are added (the reference computes
 but drops them); every strong-view instance term uses the strong logits (two of the reference's use the weak).
 """
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -63,6 +65,13 @@ class MLKD(Distiller):
 
     def forward(self, student, teacher, batch, step):
         h, labels = self.hparams, batch["labels"]
+        classes = student["logits"].shape[1]
+        if classes < 100 and not getattr(self, "_warned_classes", False):
+            self._warned_classes = True
+            warnings.warn(
+                f"mlkd's weights are CIFAR-100's (100 classes); the class-level term grows as (batch / classes)^2, "
+                f"about {(100 / classes) ** 2:.0f}x larger with {classes} classes. On the 10-class proxy benchmark "
+                "(docs/benchmarks.md) every seed collapsed to chance: watch the first evaluation.", stacklevel=2)
         s_strong, t_strong = student["strong"]["logits"], teacher["strong"]["logits"]
         inst, cls, bat = mlkd_terms(student["logits"], teacher["logits"], s_strong, t_strong, h["kd_weight"])
         ce = self.ce(student["logits"], labels) + self.ce(s_strong, labels)
