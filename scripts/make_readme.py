@@ -49,7 +49,7 @@ def _speed_table(r) -> list:
     for method, row in pm["methods"].items():
         cached = (f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f}" if row.get("cached_ms") else "- | -")
         lines.append(f"| `{method}` | {row['ms']:.0f} | {row['x_floor']:.2f} | {cached} |")
-    if pm.get("plain_kd_ms"):
+    if pm.get("plain_kd_ms") and "kd" in pm["methods"]:
         kd = pm["methods"]["kd"]
         lines += ["", f"Side by side in the same rounds, a KD step written as the reference CIFAR loops run it (plain "
                       f"PyTorch, NCHW tensors) takes {pm['plain_kd_ms']:.0f} ms: hf_mkcd's KD step is "

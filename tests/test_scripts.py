@@ -245,3 +245,24 @@ def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
     # test: mkcd 86.33 > fitnet 86.0 -> rank 1; per seed -1, +1, +1 -> +0.33, 2/3 better
     assert "on test, `mkcd` ranks 1 of 3; against the best other cell, `fitnet`, +0.33 points (paired, 2/3" in line
     assert benchmark_accuracy.standing({**summary, "report": "validation"}) == []  # ablations: no test reading
+
+
+def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path, monkeypatch):
+    """scripts/benchmark_speed.py end to end on tiny models (no kd among the methods: the reference-loop line
+    must not need it); the written ratios are the measured times over the floor measured in the same rounds."""
+    import benchmark_speed
+
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
+    out = tmp_path / "speed.json"
+    assert benchmark_speed.main(["--teacher", "cifar_resnet20", "--student", "cifar_resnet20", "--batch", "4",
+                                 "--image_size", "16", "--classes", "10", "--train_samples", "32", "--steps", "1",
+                                 "--warmup", "0", "--methods", "dkd", "at", "--e2e_samples", "0",
+                                 "--output", str(out)]) in (0, None)
+    r = json.loads(out.read_text())
+    pm = r["per_method"]
+    assert pm["floor_ms"] == pytest.approx(pm["teacher_forward_ms"] + pm["ce_step_ms"])
+    assert set(pm["methods"]) == {"dkd", "at"}
+    for row in pm["methods"].values():
+        assert row["x_floor"] == pytest.approx(row["ms"] / pm["floor_ms"])
+    assert pm["methods"]["dkd"]["cached_ms"] > 0 and pm["methods"]["at"]["cached_ms"] is None  # AT reads stage maps
+    assert r["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1000000"} and r["command"].startswith("MALLOC_TRIM_THRESHOLD_=1000000 python")
