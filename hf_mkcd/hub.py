@@ -12,6 +12,8 @@ import os
 import socket
 from urllib.parse import urlparse
 
+from .run_dir import STATE_NAME, RunDirectory
+
 CONNECT_TIMEOUT_S = 3.0
 
 
@@ -74,7 +76,7 @@ def unreachable_reason() -> str:
 
 
 PUSHED_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png", "run_config.yaml", "timm/*"]
-NOT_PUSHED = ["checkpoint-*/*", ".*", "*/.*", "training_args.bin", "*.pt", "*.pth", "run_state.json"]
+NOT_PUSHED = ["checkpoint-*/*", ".*", "*/.*", "training_args.bin", "*.pt", "*.pth", STATE_NAME]
 
 
 def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, vanilla_dir=None,
@@ -82,16 +84,10 @@ def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, v
     """Publish a finished run: weights, config, model code, image processor, the model card and its training
     curves, ``run_config.yaml``, ``all_results.json``. Fails fast, in one line, when the Hub cannot be reached;
     the local outputs are left as they are."""
-    import json
-
     from .loading import HubUnavailableError
     from .model_card import write_student_card
 
-    state_path = os.path.join(output_dir, "run_state.json")
-    status = None
-    if os.path.isfile(state_path):
-        with open(state_path) as f:
-            status = json.load(f).get("status")
+    status = (RunDirectory(output_dir, fingerprint={}).read_state() or {}).get("status")
     if status != "finished":
         raise ValueError(f"{output_dir!r} is not a finished run (status {status!r}): only finished runs are pushed")
     write_student_card(output_dir, repo_id, vanilla_dir)  # the card travels with the outputs, pushed or not

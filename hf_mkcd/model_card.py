@@ -33,15 +33,17 @@ def template(name: str) -> str:
     raise FileNotFoundError(f"model card template {name}.md not found in {TEMPLATES}")
 
 
-def count_mflops(model, input_size) -> float:
+def count_mflops(module, x) -> float:
+    """Millions of multiply-adds of ``module(x)`` (what the KD literature calls FLOPs); ``x`` is a tensor, or the
+    shape of one sample (zeros on the module's device)."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    model = model.eval()
-    x = torch.zeros(1, *input_size, device=next(model.parameters()).device)
+    if not torch.is_tensor(x):
+        x = torch.zeros(1, *x, device=next(module.parameters()).device)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
-        model(x)
-    return counter.get_total_flops() / 2e6  # multiply-adds, the KD literature's "FLOPs"
+        module.eval()(x)
+    return counter.get_total_flops() / 2e6
 
 
 def distillation_info(trainer, model_args, data_args) -> dict:

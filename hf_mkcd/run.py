@@ -47,7 +47,7 @@ class ModelArguments:
     teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Teacher weights for a timm name: community .pth ('model'/'state_dict') or .safetensors."})
     projector: Optional[str] = field(default=None, metadata={"help": "Student projector: mkcd, simkd, identity, srrl, or none (default: the method's)."})
     head: Optional[str] = field(default=None, metadata={"help": "Student head: teacher (the teacher's frozen classifier) or student (default: the method's)."})
-    projector_factor: Optional[int] = field(default=None, metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default 2)."})
+    projector_factor: Optional[int] = field(default=None, metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default: 4 for mkcd, 2 for simkd)."})
     projector_latent_ratio: Optional[int] = field(default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."})
     projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 conv shortcut (default false)."})
     projector_residual: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: the encoder-decoder corrects an identity shortcut (a 1x1 conv where channels differ), starting at zero."})

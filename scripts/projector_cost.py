@@ -3,7 +3,7 @@
     python scripts/projector_cost.py [--output_file results/projector_cost.json]
 
 Prints, for each of the 12 standard CIFAR-100 pairs of the KD literature, the student's own parameters, and the
-parameters and forward FLOPs (one 32x32 image) that MKCD's encoder-decoder projector and SimKD's
+parameters and forward FLOPs (multiply-adds, as the KD literature counts them; one 32x32 image) that MKCD's encoder-decoder projector and SimKD's
 bottleneck (f=2) add at inference. Nothing is hard-coded: every figure is measured here.
 """
 import argparse
@@ -12,9 +12,8 @@ import os
 
 import timm
 import torch
-from torch.utils.flop_counter import FlopCounterMode
-
 import hf_mkcd  # noqa: F401  (registers the CIFAR zoo)
+from hf_mkcd.model_card import count_mflops
 from hf_mkcd.models.projectors import build_projector, count_parameters
 
 PAIRS = [
@@ -25,12 +24,6 @@ PAIRS = [
     ("cifar_wrn_40_2", "cifar_shufflev1"), ("cifar_vgg13", "cifar_mobilenetv2"),
     ("cifar_resnet50", "cifar_mobilenetv2"), ("cifar_resnet50", "cifar_vgg8"),
 ]
-
-
-def flops(module, x):
-    with FlopCounterMode(display=False) as counter:
-        module(x)
-    return counter.get_total_flops()
 
 
 @torch.no_grad()
@@ -46,11 +39,11 @@ def main():
         f_t, f_s = teacher.forward_features(x), student.forward_features(x)
         row = dict(teacher=teacher_name, student=student_name, student_map=list(f_s.shape[1:]),
                    teacher_map=list(f_t.shape[1:]), student_params=count_parameters(student),
-                   student_mflops=flops(student, x) / 1e6)
+                   student_mflops=count_mflops(student, x))
         for kind in ("mkcd", "simkd"):
             proj = build_projector(kind, f_s.shape[1:], f_t.shape[1:]).eval()
             row[f"{kind}_params"] = count_parameters(proj)
-            row[f"{kind}_mflops"] = flops(proj, f_s) / 1e6
+            row[f"{kind}_mflops"] = count_mflops(proj, f_s)
             row[f"{kind}_plan"] = proj.plan
         rows.append(row)
     header = f"{'teacher -> student':38s} {'student map':>13s} {'teacher map':>13s} {'student':>10s} " \
