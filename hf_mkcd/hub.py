@@ -17,6 +17,10 @@ from .run_dir import STATE_NAME, RunDirectory
 CONNECT_TIMEOUT_S = 3.0
 
 
+class HubUnavailableError(RuntimeError):
+    """A Hub id was given but the Hub cannot be reached (offline, no network)."""
+
+
 def endpoint() -> str:
     from huggingface_hub import constants
 
@@ -84,7 +88,6 @@ def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, v
     """Publish a finished run: weights, config, model code, image processor, the model card and its training
     curves, ``run_config.yaml``, ``all_results.json``. Fails fast, in one line, when the Hub cannot be reached;
     the local outputs are left as they are."""
-    from .loading import HubUnavailableError
     from .model_card import write_student_card
 
     status = (RunDirectory(output_dir, fingerprint={}).read_state() or {}).get("status")

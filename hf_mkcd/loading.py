@@ -18,16 +18,13 @@ import timm
 import torch
 import torch.nn as nn
 
+from .hub import HubUnavailableError, hub_reachable, offline_mode, unreachable_reason
 from .models.helpers import check_num_classes, create_timm_model, teacher_linear_head
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or whose keys/shapes do not fit the model."""
-
-
-class HubUnavailableError(RuntimeError):
-    """A Hub id was given but the Hub cannot be reached (offline, no network)."""
 
 
 _WRAPPER_KEYS = ("model", "state_dict", "model_state_dict", "student")
@@ -188,7 +185,6 @@ def _load_from_hub(repo_id: str) -> nn.Module:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
 
-    from .hub import hub_reachable, offline_mode, unreachable_reason
 
     patterns = ["*.json", "*.safetensors", "*.py"]
     try:

@@ -5,6 +5,8 @@ flags; unknown keys are refused; the resolved config is written to ``<output_dir
 """
 from __future__ import annotations
 
+import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -24,10 +26,10 @@ from .models import MKCDStudentConfig, MKCDStudentForImageClassification
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
 from .hub import hub_reachable, unreachable_reason
 from .model_card import INFO_NAME, distillation_info
-from .run_dir import RunDirectory, run_fingerprint
+from .callbacks import check_finite_metrics
+from .run_dir import RunDirectory, find_resumable_checkpoint, fsync_tree, run_fingerprint
 from .teacher_cache import tensor_hash
-from .trainer import (DistillationTrainer, DistillationTrainingArguments, check_finite_metrics, find_resumable_checkpoint,
-                      fsync_tree)
+from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger("hf_mkcd")
 TIMM_EXPORT_DIR = "timm"  # <output_dir>/timm: a trained classifier as timm.create_model("local-dir:...") reads it
@@ -80,7 +82,46 @@ def mapping_to_argv(mapping: dict) -> list:
     return argv
 
 
-def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
+def build_parser(dataclass_types, description: Optional[str] = None) -> HfArgumentParser:
+    """HfArgumentParser whose ``--help`` shows what a user sets first: the distillation settings, then the model and
+    the data, then the rest of ``transformers.TrainingArguments`` (parsing is unchanged)."""
+    prog = os.path.basename(sys.argv[0]) or "hf_mkcd"
+    parser = HfArgumentParser(dataclass_types, allow_abbrev=False, description=description,  # a recipe key must
+                              formatter_class=argparse.RawDescriptionHelpFormatter,        # name a flag exactly
+                              usage=f"{prog} [RECIPE.yaml] [--flag value ...]   (flags override the recipe)")
+    from transformers import TrainingArguments
+
+    inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
+    titles = []
+    for dtype in dataclass_types:
+        own = [f.name for f in dataclasses.fields(dtype)]
+        if issubclass(dtype, TrainingArguments):
+            added = [n for n in own if n not in inherited]
+            titles.append((f"distillation ({dtype.__name__})", added))
+            titles.append(("recipe defaults changed from transformers' (CIFAR-100 recipe)",
+                           [n for n in own if n in inherited and n in vars(dtype).get("__annotations__", {})]))
+        else:
+            titles.append((f"{dtype.__name__.replace('Arguments', '').lower()} ({dtype.__name__})", own))
+    general = parser._optionals
+    by_dest = {a.dest: a for a in general._group_actions}
+    groups = []
+    for title, names in titles:
+        group = argparse._ArgumentGroup(parser, title)
+        for name in names:
+            for dest in (name, f"no_{name}"):
+                action = by_dest.pop(dest, None)
+                if action is not None:
+                    group._group_actions.append(action)
+                    general._group_actions.remove(action)
+        groups.append(group)
+    general.title = "transformers.TrainingArguments (every flag works)"
+    groups.sort(key=lambda g: not g.title.startswith("distillation"))  # the method first, then model and data
+    parser._action_groups = [g for g in groups if g._group_actions] + [general] + [
+        g for g in parser._action_groups if g is not general and g is not parser._positionals]
+    return parser
+
+
+def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None, description: Optional[str] = None):
     """Defaults < YAML/JSON file (first argument) < CLI flags; unknown keys raise."""
     argv = list(sys.argv[1:] if argv is None else argv)
     file_args = []
@@ -90,7 +131,7 @@ def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None):
         if not isinstance(config, dict):
             raise ValueError("a recipe file must hold a mapping of argument names to values")
         file_args = mapping_to_argv(config)
-    parser = HfArgumentParser(dataclass_types, allow_abbrev=False)  # a recipe key must name a flag exactly
+    parser = build_parser(dataclass_types, description)
     return parser.parse_args_into_dataclasses(args=file_args + argv, look_for_args_file=False)
 
 

@@ -22,14 +22,19 @@ import datetime
 import json
 import logging
 import os
+import re
 import shutil
 import socket
+import zipfile
 from dataclasses import asdict
 from typing import Iterable, Optional
+
+from safetensors.torch import load_file
 
 logger = logging.getLogger("hf_mkcd")
 
 STATE_NAME = "run_state.json"
+DISTILLER_WEIGHTS_NAME = "distiller.safetensors"  # a method's own state, beside the student's weights
 LOCK_NAME = ".hf_mkcd.lock"
 # settings that do not change what a run computes: they may differ between a run and its resumption
 NOT_FINGERPRINTED = {
@@ -189,9 +194,91 @@ class RunDirectory:
         state.update(extra)
         state.update(status=status, fingerprint=self.fingerprint,
                      updated=datetime.datetime.now().isoformat(timespec="seconds"))
-        tmp = f"{self.state_path}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(state, f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_path)
+        atomic_write_json(self.state_path, state)
+
+
+# -- files that are whole or absent ------------------------------------------------------------------------
+def atomic_write_json(path: str, data, sort_keys: bool = False) -> None:
+    """Write JSON through a temporary file renamed over ``path``: a reader sees the old file or the new one,
+    never half of either, even if the writer is killed."""
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2, default=str, sort_keys=sort_keys)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+# -- checkpoints: staged, renamed into place, checked before a resume -------------------------------------------
+STAGING_PREFIX = ".staging-"
+
+
+def fsync_tree(path: str) -> None:
+    for root, _, files in os.walk(path):
+        for name in files:
+            with open(os.path.join(root, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(root)
+
+
+def fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def promote_staged(staging: str, run_dir: str, name: str) -> str:
+    """Move ``staging/name``, written completely, to ``run_dir/name`` (replacing an earlier save of the same step)
+    and flush it to disk; return the final path."""
+    final = os.path.join(run_dir, name)
+    fsync_tree(os.path.join(staging, name))
+    if os.path.isdir(final):  # the same step saved by an earlier attempt
+        shutil.rmtree(final)
+    os.rename(os.path.join(staging, name), final)
+    fsync_dir(run_dir)
+    shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def checkpoint_problem(path: str, save_only_model: bool = False) -> Optional[str]:
+    """What is missing or corrupt in a checkpoint directory, naming the file; None when it is complete."""
+    if not os.path.isdir(path):
+        return "no such directory"
+    try:
+        with open(os.path.join(path, "trainer_state.json")) as f:
+            json.load(f)["global_step"]
+    except (OSError, ValueError, KeyError) as err:
+        return f"trainer_state.json is missing or unreadable ({type(err).__name__})"
+    weights = ["model.safetensors"] + ([DISTILLER_WEIGHTS_NAME] if os.path.exists(os.path.join(path, DISTILLER_WEIGHTS_NAME)) else [])
+    for name in weights:
+        try:
+            load_file(os.path.join(path, name))
+        except Exception as err:  # missing, truncated, not safetensors
+            return f"{name} is missing or corrupt ({type(err).__name__}: {str(err)[:120]})"
+    pickles = [] if save_only_model else ["optimizer.pt", "scheduler.pt"]
+    pickles += [f for f in os.listdir(path) if f.startswith("rng_state") and f.endswith(".pth")]
+    for name in pickles:
+        full = os.path.join(path, name)
+        try:
+            with zipfile.ZipFile(full) as archive:
+                bad = archive.testzip()
+            if bad is not None:
+                return f"{name} is corrupt (member {bad})"
+        except (OSError, zipfile.BadZipFile) as err:
+            return f"{name} is missing or corrupt ({type(err).__name__})"
+    return None
+
+
+def find_resumable_checkpoint(output_dir: str, save_only_model: bool = False) -> Optional[str]:
+    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones are skipped, and said so."""
+    steps = sorted((int(m.group(1)), e) for e in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+                   if (m := re.fullmatch(r"checkpoint-(\d+)", e)) and os.path.isdir(os.path.join(output_dir, e)))
+    for _, name in reversed(steps):
+        path = os.path.join(output_dir, name)
+        problem = checkpoint_problem(path, save_only_model)
+        if problem is None:
+            return path
+        logger.warning(f"skipping incomplete checkpoint {path}: {problem}")
+    return None

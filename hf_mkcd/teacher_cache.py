@@ -37,6 +37,8 @@ from typing import Dict, Iterable, Optional
 import numpy as np
 import torch
 
+from .run_dir import atomic_write_json
+
 logger = logging.getLogger("hf_mkcd")
 
 CACHEABLE = ("logits", "pooled", "features")
@@ -86,15 +88,6 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list:
     return out
 
 
-def _atomic_write_json(path: str, data: dict) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 class TeacherCache:
     """Memory-mapped teacher outputs per (epoch, sample index). See the module docstring."""
 
@@ -115,7 +108,7 @@ class TeacherCache:
                     + "\nUse another --teacher_cache directory (or delete this one to rebuild it)."
                 )
         else:
-            _atomic_write_json(path, fingerprint)
+            atomic_write_json(path, fingerprint, sort_keys=True)
         self._open: Dict[tuple, tuple] = {}
         self.hits = self.misses = 0
 

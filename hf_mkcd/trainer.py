@@ -17,7 +17,6 @@
 """
 from __future__ import annotations
 
-import bisect
 import json
 import logging
 import math
@@ -29,20 +28,25 @@ from typing import Dict, List, Optional
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
-from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
-from .distillers import DEFAULT_TEMPERATURE, TEMPERATURE_SCHEDULES, Step, build_temperature, get_distiller_class, list_distillers
+from .distillers import (DEFAULT_TEMPERATURE, TEMPERATURE_SCHEDULES, Step, build_temperature, get_distiller_class,
+                         list_distillers)
+from .distillers.base import describe_hyperparameters
 from .distillers.temperature import _check_positive
 from .evaluation import compute_metrics as default_compute_metrics
+from .callbacks import (AugmentationEpochCallback, FiniteMetricsCallback, MultiStepSchedule, RunPlanCallback,
+                        TeacherCacheCallback)
 from .features import student_outputs, teacher_outputs
 from .models.helpers import first_conv_in_channels, match_channels
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
+from .run_dir import DISTILLER_WEIGHTS_NAME, STAGING_PREFIX, checkpoint_problem, promote_staged
 from .teacher_cache import CACHEABLE, TeacherCache, cache_fingerprint
 from .validation import check_pair
 
-DISTILLER_WEIGHTS_NAME = "distiller.safetensors"
 MULTISTEP_BASES = ("constant", "constant_with_warmup")  # schedulers that lr_decay_epochs decays
+CIFAR_LR_DECAY_EPOCHS = (150, 180, 210)  # the CIFAR-100 recipe's LR drops (of 240 epochs)
 logger = logging.getLogger("hf_mkcd")
 
 
@@ -64,7 +68,10 @@ class DistillationTrainingArguments(TrainingArguments):
             (the CIFAR recipe: 150 180 210), on top of a ``constant`` scheduler; ``[]`` turns it off.
     """
 
-    method: str = field(default="mkcd", metadata={"help": "Distillation method: " + ", ".join(list_distillers())})
+    method: str = field(default="mkcd", metadata={"help": "Distillation method, with its hyper-parameters and defaults "
+                                                          "(set them with --ce_weight / --kd_weight / --feat_weight or "
+                                                          "--distiller_kwargs): " + "; ".join(
+                                                              f"{m} ({describe_hyperparameters(m)})" for m in list_distillers())})
     temperature_schedule: Optional[str] = field(default=None, metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES) + " (default: the method's own; constant for all but ctkd and mkcd)."})
     temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Temperature of the constant schedule."})
     temperature_min: float = field(default=1.0, metadata={"help": "Lower end of a rising/falling schedule."})
@@ -76,9 +83,10 @@ class DistillationTrainingArguments(TrainingArguments):
     # typing caches Unions by unordered equality, so Optional[Union[dict, str]] could parse as `dict` or `str`
     distiller_kwargs: Optional[str] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
     lr_decay_epochs: Optional[List[int]] = field(
-        default_factory=lambda: [150, 180, 210],
+        default=None,
         metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs, on top of the constant "
-                          "scheduler (an empty list turns it off; another --lr_scheduler_type is used as it is)."})
+                          f"scheduler (unset: {' '.join(map(str, CIFAR_LR_DECAY_EPOCHS))}, the CIFAR recipe's, with the "
+                          "constant schedulers, none with another --lr_scheduler_type; 0 turns it off)."})
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Factor of each multi-step LR decay."})
     learning_rate: float = field(default=0.05, metadata={"help": "Initial LR (CIFAR recipe: 0.05; 0.01 for MobileNetV2/ShuffleNet students)."})
     lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers' LR scheduler; with 'constant' (the default) --lr_decay_epochs gives the CIFAR multi-step schedule."})
@@ -123,11 +131,13 @@ class DistillationTrainingArguments(TrainingArguments):
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ValueError(f"--{name} must be a finite number, got {value}")
-        self.lr_decay_epochs = [int(e) for e in (self.lr_decay_epochs or []) if int(e) > 0] or None
+        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
+        if self.lr_decay_epochs is None:  # unset: the CIFAR recipe's drops where they apply, and no warning elsewhere
+            self.lr_decay_epochs = list(CIFAR_LR_DECAY_EPOCHS) if scheduler in MULTISTEP_BASES else []
+        self.lr_decay_epochs = [int(e) for e in self.lr_decay_epochs if int(e) > 0] or None
         if self.lr_decay_epochs is not None and sorted(self.lr_decay_epochs) != list(self.lr_decay_epochs):
             raise ValueError(f"lr_decay_epochs must be increasing, got {self.lr_decay_epochs}")
         super().__post_init__()
-        scheduler = str(getattr(self.lr_scheduler_type, "value", self.lr_scheduler_type))
         if self.lr_decay_epochs is not None and scheduler not in MULTISTEP_BASES:
             logger.warning(f"--lr_scheduler_type {scheduler} is used as it is: --lr_decay_epochs {self.lr_decay_epochs} "
                            f"only decays the {' / '.join(MULTISTEP_BASES)} schedulers and is ignored")
@@ -180,96 +190,6 @@ class DistillationModule(nn.Module):
         return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms, "temperature": step.temperature}
 
 
-class MultiStepSchedule:
-    """LR factor: linear warm-up, then ``rate ** (number of milestones passed)`` (picklable for scheduler.pt)."""
-
-    def __init__(self, milestones: List[int], rate: float, warmup_steps: int = 0):
-        self.milestones, self.rate, self.warmup_steps = list(milestones), rate, warmup_steps
-
-    def __call__(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / self.warmup_steps) if self.warmup_steps else 1.0
-        return warm * self.rate ** bisect.bisect_right(self.milestones, step)
-
-
-class AugmentationEpochCallback(TrainerCallback):
-    """Tell a dataset transform with ``set_epoch`` which epoch starts (deterministic augmentation)."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def on_epoch_begin(self, args, state, control, **kwargs):
-        self.transform.set_epoch(int(state.epoch + 1e-6) if state.epoch else 0)
-
-
-class RunPlanCallback(TrainerCallback):
-    """Says at the start what the run will do (so a 240-epoch default surprises nobody), and after the
-    first steps how long it will take."""
-
-    def __init__(self, method: str, time_after_steps: int = 20):
-        self.method, self.time_after_steps = method, time_after_steps
-        self.start = self.first_step = None
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        import time
-
-        self.start = time.time()
-        if not state.is_world_process_zero:
-            return
-        steps_per_epoch = state.max_steps / args.num_train_epochs if args.max_steps <= 0 else None
-        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
-        scheduler = str(getattr(args.lr_scheduler_type, "value", args.lr_scheduler_type))
-        lr_plan = (f"x{args.lr_decay_rate:g} after epochs {', '.join(map(str, args.lr_decay_epochs))}"
-                   if args.lr_decay_epochs else scheduler)
-        length = (f"{args.num_train_epochs:g} epochs = {state.max_steps} steps ({steps_per_epoch:.0f} per epoch)"
-                  if steps_per_epoch else f"{state.max_steps} steps")
-        logger.info(f"plan: method {self.method}, {length}, batch {batch} ({args.per_device_train_batch_size} x "
-                    f"{args.gradient_accumulation_steps} accumulation x {args.world_size} process(es)), LR {args.learning_rate:g} "
-                    f"{lr_plan}, evaluation: {args.eval_strategy.value if hasattr(args.eval_strategy, 'value') else args.eval_strategy}, "
-                    f"checkpoints: {args.save_strategy.value if hasattr(args.save_strategy, 'value') else args.save_strategy}, "
-                    f"output: {args.output_dir}")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        import time
-
-        if self.first_step is None:
-            self.first_step = (state.global_step, time.time())  # the first step carries start-up costs: time after it
-            return
-        step0, t0 = self.first_step
-        done = state.global_step - step0
-        if done == self.time_after_steps and state.is_world_process_zero:
-            per_step = (time.time() - t0) / done
-            left = per_step * (state.max_steps - state.global_step)
-            logger.info(f"{per_step:.3f} s per step: about {_duration(left)} left for {state.max_steps - state.global_step} "
-                        f"steps (evaluation not included)")
-
-
-class TeacherCacheCallback(TrainerCallback):
-    """Flushes the cache at each epoch end and says, at the end, how much of the teacher's work it saved."""
-
-    def __init__(self, cache):
-        self.cache = cache
-
-    def on_epoch_end(self, args, state, control, **kwargs):
-        self.cache.flush()
-
-    def on_train_end(self, args, state, control, **kwargs):
-        self.cache.flush()
-        total = self.cache.hits + self.cache.misses
-        if total and state.is_world_process_zero:
-            logger.info(f"teacher cache: {self.cache.hits} of {total} samples read from {self.cache.root} "
-                        f"({100 * self.cache.hits / total:.0f}%), the teacher ran on the rest")
-
-
-def _to_device(outputs, device):
-    return {k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
-            for k, v in outputs.items()}
-
-
-def _duration(seconds: float) -> str:
-    hours, rest = divmod(int(seconds), 3600)
-    return f"{hours} h {rest // 60:02d} min" if hours else f"{rest // 60} min {rest % 60:02d} s"
-
-
 class DistillationTrainer(Trainer):
     """``Trainer(model=student, teacher_model=teacher, args=DistillationTrainingArguments(...), ...)``."""
 
@@ -311,6 +231,7 @@ class DistillationTrainer(Trainer):
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self._last_temperature = None
+        self._frozen = ()
         self.add_callback(RunPlanCallback(method.name))
         self.add_callback(FiniteMetricsCallback())
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
@@ -401,6 +322,8 @@ class DistillationTrainer(Trainer):
         step = Step.from_trainer_state(self.state)
         views = {v: inputs[f"pixel_values_{v}"] for v in distiller.views}
         teacher = self._teacher_outputs(inputs, views) if self.teacher is not None else None
+        for module in self._frozen:  # after Trainer's model.train(): frozen BN layers keep their statistics
+            module.eval()
         out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher, step=step, views=views,
                     batch={k: inputs[k] for k in distiller.batch_needs})
         loss, terms = out["loss"], out["terms"]
@@ -419,18 +342,31 @@ class DistillationTrainer(Trainer):
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Trainer's step plus the method's stage structure: a fresh optimizer state when the stage changes,
-        no update for the parameters it freezes this step (AB's initialisation)."""
+        no update and eval mode for the modules it freezes this step (AB's initialisation)."""
         distiller, step = self.distiller, Step.from_trainer_state(self.state)
         previous = Step.previous_epoch(self.state)
         if previous is not None and distiller.stage(previous) != distiller.stage(step.epoch):
             self.optimizer.state.clear()  # the reference code starts each stage with a new optimizer
-        loss = super().training_step(model, inputs, num_items_in_batch)
-        frozen = set(distiller.frozen_parameters(step))
-        if frozen:
-            for name, p in self.accelerator.unwrap_model(model).named_parameters():
-                if name in frozen:
+        self._frozen = self._frozen_modules(step)
+        try:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        finally:
+            for module in self._frozen:
+                module.train()
+                for p in module.parameters():
                     p.grad = None
+            self._frozen = ()
         return loss
+
+    def _frozen_modules(self, step: Step) -> tuple:
+        names = self.distiller.frozen_modules(step)
+        if not names:
+            return ()
+        modules = dict(self.accelerator.unwrap_model(self.model).named_modules())
+        unknown = sorted(set(names) - set(modules))
+        if unknown:
+            raise ValueError(f"method {self.args.method!r} freezes {unknown}, which the trained module does not have")
+        return tuple(modules[n] for n in names)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
         if "loss" in logs and self._terms_count:
@@ -476,13 +412,7 @@ class DistillationTrainer(Trainer):
             self._staging_dir = None
         self.accelerator.wait_for_everyone()  # every rank has written its RNG state
         if self.args.should_save:
-            final = os.path.join(run_dir, name)
-            fsync_tree(os.path.join(staging, name))
-            if os.path.isdir(final):  # the same step saved by an earlier attempt
-                shutil.rmtree(final)
-            os.rename(os.path.join(staging, name), final)
-            fsync_dir(run_dir)
-            shutil.rmtree(staging, ignore_errors=True)
+            final = promote_staged(staging, run_dir, name)
             best = self.state.best_model_checkpoint
             if best and best.startswith(staging):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging))
@@ -547,83 +477,9 @@ class DistillationTrainer(Trainer):
                         token=token or self.args.hub_token)
 
 
-STAGING_PREFIX = ".staging-"
-
-
-def fsync_tree(path: str) -> None:
-    for root, _, files in os.walk(path):
-        for name in files:
-            with open(os.path.join(root, name), "rb") as f:
-                os.fsync(f.fileno())
-        fsync_dir(root)
-
-
-def fsync_dir(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def checkpoint_problem(path: str, save_only_model: bool = False) -> Optional[str]:
-    """What is missing or corrupt in a checkpoint directory, naming the file; None when it is complete."""
-    import zipfile
-
-    if not os.path.isdir(path):
-        return "no such directory"
-    try:
-        with open(os.path.join(path, "trainer_state.json")) as f:
-            json.load(f)["global_step"]
-    except (OSError, ValueError, KeyError) as err:
-        return f"trainer_state.json is missing or unreadable ({type(err).__name__})"
-    weights = ["model.safetensors"] + ([DISTILLER_WEIGHTS_NAME] if os.path.exists(os.path.join(path, DISTILLER_WEIGHTS_NAME)) else [])
-    for name in weights:
-        try:
-            load_file(os.path.join(path, name))
-        except Exception as err:  # missing, truncated, not safetensors
-            return f"{name} is missing or corrupt ({type(err).__name__}: {str(err)[:120]})"
-    pickles = [] if save_only_model else ["optimizer.pt", "scheduler.pt"]
-    pickles += [f for f in os.listdir(path) if f.startswith("rng_state") and f.endswith(".pth")]
-    for name in pickles:
-        full = os.path.join(path, name)
-        try:
-            with zipfile.ZipFile(full) as archive:
-                bad = archive.testzip()
-            if bad is not None:
-                return f"{name} is corrupt (member {bad})"
-        except (OSError, zipfile.BadZipFile) as err:
-            return f"{name} is missing or corrupt ({type(err).__name__})"
-    return None
-
-
-def find_resumable_checkpoint(output_dir: str, save_only_model: bool = False) -> Optional[str]:
-    """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones are skipped, and said so."""
-    import re
-
-    steps = sorted((int(m.group(1)), e) for e in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
-                   if (m := re.fullmatch(r"checkpoint-(\d+)", e)) and os.path.isdir(os.path.join(output_dir, e)))
-    for _, name in reversed(steps):
-        path = os.path.join(output_dir, name)
-        problem = checkpoint_problem(path, save_only_model)
-        if problem is None:
-            return path
-        logger.warning(f"skipping incomplete checkpoint {path}: {problem}")
-    return None
-
-
-class FiniteMetricsCallback(TrainerCallback):
-    """A diverged run must not look finished: a non-finite evaluation metric stops it with an error."""
-
-    def on_evaluate(self, args, state, control, metrics=None, **kwargs):
-        check_finite_metrics(metrics or {})
-
-
-def check_finite_metrics(metrics: Dict[str, float]) -> None:
-    bad = {k: v for k, v in metrics.items() if isinstance(v, float) and not math.isfinite(v)}
-    if bad:
-        raise FloatingPointError(f"evaluation gave non-finite {bad}: the run diverged (lower the learning rate or the "
-                                 "loss weights). Its last complete checkpoint is kept; the final model is not written.")
+def _to_device(outputs, device):
+    return {k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
+            for k, v in outputs.items()}
 
 
 def _as_float(value) -> Optional[float]:

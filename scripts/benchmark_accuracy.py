@@ -40,6 +40,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 from hf_mkcd.run import mapping_to_argv  # noqa: E402
+from hf_mkcd.run_dir import atomic_write_json  # noqa: E402
 
 ARG_FILE_KEYS = ("data", "student", "training")
 
@@ -123,9 +124,7 @@ def ensure_teacher(suite: dict, work_dir: str, log) -> tuple:
         args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
                           mapping_to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}))
         metrics = run(*args)
-        with open(record_path + ".tmp", "w") as f:
-            json.dump({"flags": flags, "metrics": metrics, "minutes": (time.time() - start) / 60}, f, indent=2)
-        os.replace(record_path + ".tmp", record_path)
+        atomic_write_json(record_path, {"flags": flags, "metrics": metrics, "minutes": (time.time() - start) / 60})
     with open(record_path) as f:
         record = json.load(f)
     return {"teacher_model_name_or_path": out}, {"model": t["model_name_or_path"], "flags": flags,
@@ -207,9 +206,7 @@ def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, 
                       commit=git_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"))
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if "error" not in result:  # a failed cell is retried next time
-            with open(path + ".tmp", "w") as f:
-                json.dump(result, f, indent=2, default=str)
-            os.replace(path + ".tmp", path)
+            atomic_write_json(path, result)
 
 
 # -- summarising ----------------------------------------------------------------------------------------

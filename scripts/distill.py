@@ -1,4 +1,4 @@
-"""Distil a teacher into a student with any registered method.
+r"""Distil a teacher into a student with any registered method.
 
     accelerate launch scripts/distill.py --teacher_model_name_or_path teachers/resnet32x4 \
         --model_name_or_path cifar_resnet8x4 --method mkcd --dataset_name uoft-cs/cifar100 \
@@ -12,13 +12,14 @@ directory ends up holding the student (``AutoModelForImageClassification.from_pr
 import sys
 
 from hf_mkcd.data import DataArguments
-from hf_mkcd.loading import HubUnavailableError
+from hf_mkcd.hub import HubUnavailableError
 from hf_mkcd.run import ModelArguments, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv,
+                                                      description=__doc__)
     return run(model_args, data_args, training_args)
 
 

@@ -1,6 +1,6 @@
 """Regenerate the README's tables from the results files the code wrote (no number is typed by hand).
 
-    python scripts/make_readme.py           # rewrite every generated section of README.md and docs/mkcd.md
+    python scripts/make_readme.py           # rewrite every generated section of README.md and docs/
     python scripts/make_readme.py --check   # exit 1 if either differs from what the results files say
 
 A generated section sits between ``<!-- generated:NAME -->`` and ``<!-- /generated:NAME -->``; each NAME has
@@ -10,6 +10,7 @@ a renderer below that reads one results file:
 * ``speed``           results/speed_cpu.json (scripts/benchmark_speed.py), and speed_cuda.json if present
 * ``projector_cost``  results/projector_cost.json (scripts/projector_cost.py)
 * ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
+* ``hyperparameters`` each method's class (docs/methods.md)
 """
 import argparse
 import json
@@ -29,7 +30,7 @@ def _load(path):
 def quickstart() -> str:
     r = _load("results/quickstart.json")
     a = r["args"]
-    lines = [f"Measured by `{r['command']}` ({r['device']}; {a['epochs']:g} epochs per model, seed {a['seed']}, "
+    lines = [f"Measured by `{r['command']}` ({r['device']}; teacher {a['teacher_epochs']:g} epochs, students {a['epochs']:g} epochs each, seed {a['seed']}, "
              f"{a['eval_samples']:,} Fashion-MNIST test images, {r.get('train_minutes', r['wall_minutes']):.1f} minutes of training "
              "in all; minutes per model are its training time):", "",
              "| model | role | train images | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|"]
@@ -111,7 +112,20 @@ def accuracy(suite: str) -> str:
     return benchmark_accuracy.markdown_summary(_load(f"results/accuracy/{suite}/summary.json"))
 
 
-RENDERERS = {"quickstart": quickstart, "speed": speed, "projector_cost": projector_cost}
+def hyperparameters() -> str:
+    """Each method's hyper-parameters and defaults, read from its class (``hf_mkcd.distillers``)."""
+    sys.path.insert(0, ROOT)
+    from hf_mkcd.distillers import get_distiller_class, list_distillers
+    from hf_mkcd.distillers.base import describe_hyperparameters
+
+    lines = ["| `--method` | hyper-parameters (defaults) | reads from the teacher |", "|---|---|---|"]
+    for name in list_distillers():
+        needs = ", ".join(sorted(get_distiller_class(name).teacher_needs)) or "no teacher"
+        lines.append(f"| `{name}` | {describe_hyperparameters(name)} | {needs} |")
+    return "\n".join(lines) + "\n"
+
+
+RENDERERS = {"quickstart": quickstart, "speed": speed, "projector_cost": projector_cost, "hyperparameters": hyperparameters}
 
 
 def render(name: str) -> str:
@@ -126,7 +140,7 @@ def regenerate(text: str) -> str:
     return MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
 
 
-DOCUMENTS = ("README.md", "docs/mkcd.md")
+DOCUMENTS = ("README.md", "docs/mkcd.md", "docs/methods.md")
 
 
 def main(argv=None):

@@ -19,7 +19,7 @@ import yaml
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from hf_mkcd.distillers import get_distiller_class  # noqa: E402
+from hf_mkcd.distillers import get_distiller_class, list_distillers  # noqa: E402
 from hf_mkcd.models.projectors import projector_options  # noqa: E402
 
 CIFAR_RECIPE = {
@@ -43,6 +43,7 @@ CIFAR_RECIPE = {
     "seed": 0,
 }
 LIGHT_STUDENTS = ("mobilenetv2", "shufflev1", "shufflev2")  # LR 0.01 in every reference
+METHODS = [m for m in list_distillers() if get_distiller_class(m).needs_teacher]  # every registered method
 
 # teacher, student, DKD beta, ReviewKD weight, MLKD (LR, epochs)
 PAIRS = [
@@ -79,47 +80,33 @@ def mkcd_settings() -> dict:
             "projector_skip": opts["skip"], "projector_residual": opts["residual"]}
 
 
-def method_settings(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:
-    """(comment, recipe keys) of a method on a pair."""
-    if method == "kd":
-        return "KD: CE 0.1 + KD 0.9, T = 4 (mdistiller/RepDistiller)", {"temperature": 4.0}
+def per_pair(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:
+    """(comment suffix, recipe keys) a method's references set per pair or per recipe; most methods have none."""
     if method == "dkd":
-        return (f"DKD: CE 1 + warm-up 20 epochs x (TCKD 1 + NCKD beta), T = 4; beta = {beta:g} for this pair "
-                "(mdistiller configs/cifar100/dkd)",
-                {"temperature": 4.0, "distiller_kwargs": {"alpha": 1.0, "beta": beta, "warmup_epochs": 20.0}})
+        return (f"; beta = {beta:g} for this pair (mdistiller configs/cifar100/dkd)",
+                {"distiller_kwargs": {"alpha": 1.0, "beta": beta, "warmup_epochs": 20.0}})
     if method == "reviewkd":
-        return (f"ReviewKD: CE 1 + {review_weight:g} x warm-up(20 epochs) x HCL (dvlab-research/ReviewKD "
-                "CIFAR-100/script/reviewKD.sh)", {"feat_weight": review_weight})
+        return (f"; w = {review_weight:g} for this pair (dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh)",
+                {"feat_weight": review_weight})
     if method == "mlkd":
         lr, epochs = mlkd
-        return (f"MLKD: weak + strong views, T in (4,3,5,2,6), CE 0.1 per view + 0.9 per level; LR {lr:g}, "
-                f"{epochs} epochs (MLKD configs/cifar100/ours)", {"learning_rate": lr, "num_train_epochs": epochs})
-    if method == "ab":
-        return ("AB: 30 epochs of activation-boundary initialisation, then 240 epochs of CE (RepDistiller -a 0 -b 1); "
-                "LR drops shifted by 30", {"distiller_kwargs": {"init_epochs": 30.0}, "num_train_epochs": 270,
-                                           "lr_decay_epochs": [180, 210, 240]})
+        return f"; LR {lr:g}, {epochs} epochs (MLKD configs/cifar100/ours)", {"learning_rate": lr, "num_train_epochs": epochs}
+    if method == "ab":  # the initialisation runs in front of the recipe's 240 epochs
+        init = int(get_distiller_class("ab").defaults["init_epochs"])
+        return (f"; {init} initialisation epochs in front of the 240, LR drops shifted by {init}",
+                {"distiller_kwargs": {"init_epochs": float(init)}, "num_train_epochs": 240 + init,
+                 "lr_decay_epochs": [e + init for e in CIFAR_RECIPE["lr_decay_epochs"]]})
     if method == "mkcd":
-        return ("MKCD: its defaults (feature + KD + CE through the reused teacher head, encoder-decoder projector, "
-                "progressive temperature), chosen by the ablation in docs/mkcd.md", mkcd_settings())
-    if method == "simkd":
-        return "SimKD: feature MSE only, projector factor 2 (DefangChen/SimKD -f 2)", {"projector_factor": 2}
-    notes = {
-        "fitnet": "FitNet: CE 1 + 100 x hint MSE at stage 2 (mdistiller)",
-        "at": "AT: CE 1 + 1000 x attention transfer, p = 2 (mdistiller)",
-        "sp": "SP: CE 1 + 3000 x similarity-preserving loss (mdistiller)",
-        "rkd": "RKD: CE 1 + 25 x distance + 50 x angle (mdistiller)",
-        "crd": "CRD: CE 1 + 0.8 x NCE, 16,384 negatives (RepDistiller -a 0 -b 0.8)",
-        "ofd": "OFD: CE 1 + 0.001 x partial L2 with the teacher's BN margins (mdistiller)",
-        "srrl": "SRRL: CE 1 + KL 1 + feature MSE 1 + logit MSE 1 (DefangChen/SimKD -c 1 -d 1 -b 1)",
-        "ctkd": "CTKD: CE 0.1 + KD 0.9 with the learned adversarial temperature (zhengli97/CTKD)",
-        "dist": "DIST: CE 1 + 2 x (inter + intra), tau = 4 (hunto/DIST_KD)",
-    }
-    settings = {"dist": {"temperature": 4.0}}.get(method, {})
-    return notes[method], settings
+        return "", mkcd_settings()
+    return "", {}
 
 
-METHODS = ["kd", "fitnet", "at", "sp", "rkd", "crd", "ofd", "reviewkd", "simkd", "srrl", "dkd", "mlkd", "ctkd",
-           "dist", "ab", "mkcd"]
+def method_settings(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:
+    """(comment, recipe keys) of a method on a pair: the method's class says what the reference sets
+    (``recipe_note``, ``recipe_settings``), :func:`per_pair` adds what changes with the pair."""
+    cls = get_distiller_class(method)
+    suffix, settings = per_pair(method, beta, review_weight, mlkd)
+    return f"{cls.__name__}: {cls.recipe_note}{suffix}", {**cls.recipe_settings, **settings}
 
 
 def render(comment_lines, recipe: dict) -> str:

@@ -12,7 +12,7 @@ import argparse
 import sys
 
 from hf_mkcd.hub import push_run
-from hf_mkcd.loading import HubUnavailableError
+from hf_mkcd.hub import HubUnavailableError
 from hf_mkcd.model_card import write_student_card
 
 

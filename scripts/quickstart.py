@@ -3,6 +3,7 @@ MKCD -- on real data (Debian's Fashion-MNIST), and their accuracy side by side.
 
     python scripts/quickstart.py                 # about 6 minutes on 2 CPU cores
     python scripts/quickstart.py --epochs 2 --teacher_epochs 1 --student_train_samples 1000   # a 2-minute look
+    python scripts/quickstart.py --refresh_examples   # also rewrite the committed results and example card
 
 What it does: trains the teacher (``cifar_resnet56``) on 30,000 training images for 6 epochs, then each student
 (``cifar_resnet20``) on 4,000 images for 15 epochs (the same budget for each), evaluates everything on 5,000 test
@@ -11,9 +12,11 @@ images, and writes the model card of the MKCD student. Where things go:
 * ``runs/quickstart/<teacher|student_none|student_kd|student_mkcd>/``: each model, loadable with
   ``AutoModelForImageClassification.from_pretrained`` (after ``import hf_mkcd``) and ``pipeline``;
   ``student_mkcd/README.md`` is its model card;
-* ``results/quickstart.json``: the numbers the README's table is generated from (``scripts/make_readme.py``).
+* with ``--refresh_examples`` only: ``results/quickstart.json`` (the numbers the README's table is generated from,
+  ``scripts/make_readme.py``) and the committed example card in ``model_cards/examples/``.
 
-Rerunning the same command finds the finished runs and only prints the table again.
+Rerunning the same command finds the finished runs and only prints the table again; ``--overwrite_output_dir``
+trains them anew.
 """
 import argparse
 import datetime
@@ -37,9 +40,11 @@ ROLES = {"none": "vanilla student", "kd": "KD", "mkcd": "MKCD"}
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=os.path.join(ROOT, "runs", "quickstart"))
-    p.add_argument("--results", default=os.path.join(ROOT, "results", "quickstart.json"))
-    p.add_argument("--card_example", default=os.path.join(ROOT, "model_cards", "examples"),
-                   help="where the MKCD student's rendered card is copied ('' to skip)")
+    p.add_argument("--refresh_examples", action="store_true",
+                   help="also write results/quickstart.json and model_cards/examples/ (the committed examples)")
+    p.add_argument("--results", default=None, help="write the table's numbers to this JSON file")
+    p.add_argument("--card_example", default="", help="copy the MKCD student's rendered card into this directory")
+    p.add_argument("--overwrite_output_dir", action="store_true", help="train every model anew in --output_dir")
     p.add_argument("--dataset_name", default="fashion_mnist")
     p.add_argument("--teacher", default="cifar_resnet56")
     p.add_argument("--student", default="cifar_resnet20")
@@ -52,6 +57,9 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--methods", nargs="+", default=["none", "kd", "mkcd"])
     a = p.parse_args(argv)
+    if a.refresh_examples:
+        a.results = a.results or os.path.join(ROOT, "results", "quickstart.json")
+        a.card_example = a.card_example or os.path.join(ROOT, "model_cards", "examples")
     start = time.time()
 
     def job(name, method, model, n_train, epochs, teacher=None):
@@ -64,7 +72,8 @@ def main(argv=None):
             DistillationTrainingArguments(
                 output_dir=out, method=method, num_train_epochs=epochs, per_device_train_batch_size=64,
                 learning_rate=0.05, lr_scheduler_type="cosine", eval_strategy="no", save_strategy="epoch",
-                save_total_limit=1, logging_steps=25, use_cpu=True, seed=a.seed, report_to="none"),
+                save_total_limit=1, logging_steps=25, use_cpu=True, seed=a.seed, report_to="none",
+                overwrite_output_dir=a.overwrite_output_dir),
         )
         with open(os.path.join(out, "all_results.json")) as f:  # a finished run found again keeps its own time
             train_runtime = json.load(f).get("train_runtime")
@@ -95,7 +104,8 @@ def main(argv=None):
               f"{100 * r['top5']:>7.2f} {r['minutes']:>8.1f}")
     if a.results:
         os.makedirs(os.path.dirname(a.results) or ".", exist_ok=True)
-        args = {k: v for k, v in vars(a).items() if k not in ("output_dir", "results", "card_example")}
+        args = {k: v for k, v in vars(a).items()
+                if k not in ("output_dir", "results", "card_example", "refresh_examples", "overwrite_output_dir")}
         with open(a.results, "w") as f:
             json.dump({"command": "python scripts/quickstart.py" + "".join(f" {x}" for x in (argv or sys.argv[1:])),
                        "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",

@@ -10,7 +10,7 @@ a model (``AutoModelForImageClassification.from_pretrained`` after ``import hf_m
 import sys
 
 from hf_mkcd.data import DataArguments
-from hf_mkcd.loading import HubUnavailableError
+from hf_mkcd.hub import HubUnavailableError
 from hf_mkcd.run import ModelArguments, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 

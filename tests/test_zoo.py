@@ -482,3 +482,67 @@ def test_mlkd_warns_once_below_cifar100s_class_count():
         warnings.simplefilter("error")
         mlkd(logits[10], logits[10], batch, None)  # once per run, not every step
         get_distiller_class("mlkd")()(logits[100], logits[100], batch, None)  # CIFAR-100: silent
+
+
+# RepDistiller's ``get_feat_modules()`` per family, written out by hand: what AB's initialisation leaves out
+AB_LEFT_OUT = {
+    "cifar_resnet8x4": ("fc.",),                      # conv1, bn1, layer1-3 are the feature modules
+    "cifar_wrn_16_2": ("bn1.", "fc."),                # conv1, block1-3: the final BN is left out
+    "cifar_mobilenetv2": ("conv2.", "classifier."),   # conv1, blocks: the last 1x1 conv (+BN) is left out
+    "cifar_shufflev2": ("conv2.", "bn2.", "linear."),  # conv1, bn1, layer1-3: the last 1x1 conv and BN are left out
+}
+AB_TEACHER = {"cifar_resnet8x4": "cifar_resnet32x4", "cifar_wrn_16_2": "cifar_wrn_40_2",
+              "cifar_mobilenetv2": "cifar_vgg13", "cifar_shufflev2": "cifar_resnet32x4"}  # the recipes' pairs
+
+
+@pytest.mark.parametrize("backbone", sorted(AB_LEFT_OUT))
+def test_ab_initialisation_trains_exactly_repdistillers_feature_modules(data, tmp_path, backbone):
+    """During AB's initialisation the modules outside ``get_feat_modules()`` get no update (weight decay included)
+    and run in eval mode (their BN statistics stay, WRN's last pre-activation map reads running statistics); every
+    feature module trains, its BN layers in train mode."""
+    import timm
+
+    torch.manual_seed(0)
+    teacher = timm.create_model(AB_TEACHER[backbone], in_chans=1, num_classes=10).eval()
+    student = tiny_student(teacher, "ab", data, backbone=backbone)
+    args = tiny_args(tmp_path, method="ab", max_steps=2, distiller_kwargs='{"init_epochs": 5}', weight_decay=5e-4)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
+    backbone_module = student.backbone
+    before = {k: v.clone() for k, v in backbone_module.state_dict().items()}
+    modes = {}
+    hooks = [m.register_forward_pre_hook(lambda m, _, name=n: modes.setdefault(name, set()).add(m.training))
+             for n, m in backbone_module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    trainer.train()
+    for h in hooks:
+        h.remove()
+    left_out = AB_LEFT_OUT[backbone]
+    after = backbone_module.state_dict()
+    for key, value in before.items():
+        if "num_batches_tracked" in key:
+            continue
+        if key.startswith(left_out):
+            assert torch.equal(after[key], value), f"{key} moved during the initialisation"
+        else:
+            assert not torch.equal(after[key], value), f"{key} did not train during the initialisation"
+    for name, seen in modes.items():
+        assert seen == ({False} if f"{name}.".startswith(left_out) else {True}), (name, seen)
+    assert any(f"{name}.".startswith(left_out) for name in modes) == (backbone != "cifar_resnet8x4")
+
+
+def test_wrn_preact_maps_update_bn_statistics_twice_like_the_references():
+    """RepDistiller (AB) and mdistiller read WRN's pre-activation maps by running the following BN once more: in
+    training mode its running mean moves twice per step, 1 - 0.9^2 = 0.19 of the way to the batch mean."""
+    import timm
+
+    model = timm.create_model("cifar_wrn_16_2").train()
+    x = torch.randn(4, 3, 32, 32)
+    with torch.no_grad():
+        block3 = model.forward_intermediates(x, indices=[3], intermediates_only=True)[0]
+    for bn in model.modules():
+        if isinstance(bn, torch.nn.BatchNorm2d):
+            bn.reset_running_stats()
+    model.forward_stage_maps(x)
+    torch.testing.assert_close(model.bn1.running_mean, 0.19 * block3.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
+    model.bn1.reset_running_stats()
+    model.forward_features(x)  # no pre-activation maps asked for: one update
+    torch.testing.assert_close(model.bn1.running_mean, 0.1 * block3.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)

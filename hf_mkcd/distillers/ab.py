@@ -10,13 +10,16 @@ Main stage: CE (+ KD with ``kd_weight`` > 0; RepDistiller's README row uses none
 As the reference does:
 * a connector is the identity where student and teacher maps have the same channels and height
   (all three stages of resnet8x4 -> resnet32x4), else a ConvReg without ReLU;
-* the initialisation updates only the connectors and the student's feature layers: the classifier
-  gets no gradient, hence no weight decay or momentum either; afterwards the connectors are idle;
+* the initialisation trains the connectors and the modules RepDistiller's ``get_feat_modules()`` returns:
+  the student's stem and stages. The classifier and the layers between the last stage and the pooling
+  (``prepool_modules``: WRN's final ``bn1``, MobileNetV2's ``conv2``, ShuffleNetV2's ``conv2``/``bn2``) are
+  left out: no gradient, hence no weight decay or momentum, and eval mode (the reference calls
+  ``model_s.eval()`` and then ``init_modules.train()``), so their BN statistics do not move and WRN's
+  last pre-activation map is normalised with running statistics, as in the reference. The feature
+  modules' own BN layers are in train mode (``init_modules`` holds them, not copies);
+* afterwards the connectors are idle;
 * each stage starts with a fresh optimizer state (the trainer clears momentum when
   :meth:`stage` changes); the LR is the base LR throughout the initialisation.
-* the student's BN layers are in train mode during the initialisation: the reference calls
-  ``model_s.eval()`` and then ``init_modules.train()``, and ``init_modules`` holds the student's own
-  feature modules (``get_feat_modules()`` returns them, not copies), so their statistics update.
 One run instead of two loops: set ``num_train_epochs`` to 30 + the main epochs and shift
 ``lr_decay_epochs`` by 30 (the recipes do).
 """
@@ -45,6 +48,8 @@ def ab_connector(student_shape, teacher_shape) -> nn.Module:
 @register_distiller("ab")
 class AB(Distiller):
     paper = 'Heo et al., AAAI 2019'
+    recipe_note = (  # the reference setting (recipe comments)
+        "activation-boundary initialisation, then CE (RepDistiller -a 0 -b 1)")
     bibtex = (
         '@inproceedings{heo2019knowledge,\n'
         '  title={Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons},\n'
@@ -64,19 +69,21 @@ class AB(Distiller):
         s, t = pair.student_shapes["preact_stages"], pair.teacher_shapes["preact_stages"]
         self.n = min(len(s), len(t)) - 1
         self.connectors = nn.ModuleList(ab_connector(cs, ct) for cs, ct in zip(s[-self.n:], t[-self.n:]))
-        head = {id(p) for p in pair.student.backbone.get_classifier().parameters()}
-        self._head_names = tuple(f"student.{n}" for n, p in pair.student.named_parameters() if id(p) in head)
-        self._connector_names = tuple(f"distiller.connectors.{n}" for n, _ in self.connectors.named_parameters())
+        backbone = pair.student.backbone
+        head = [n for n, m in backbone.named_modules() if m is backbone.get_classifier()][:1]
+        left_out = head + list(getattr(backbone, "prepool_modules", ()))
+        self._init_frozen = tuple(f"student.backbone.{n}" for n in left_out)
+        self._main_frozen = ("distiller.connectors",)
 
     def stage(self, epoch: int) -> str:
         return "init" if epoch <= self.hparams["init_epochs"] else "main"
 
-    def frozen_parameters(self, step):
-        return self._head_names if self.stage(step.epoch) == "init" else self._connector_names
+    def frozen_modules(self, step):
+        return self._init_frozen if self.stage(step.epoch) == "init" else self._main_frozen
 
     def forward(self, student, teacher, batch, step):
         h = self.hparams
-        # every parameter stays in the graph (DDP); the idle ones get no update (frozen_parameters)
+        # every parameter stays in the graph (DDP); the idle ones get no update (frozen_modules)
         idle_connectors = 0.0 * sum(p.sum() for p in self.connectors.parameters())
         if self.stage(step.epoch) == "init":
             total = 0.0

@@ -34,6 +34,8 @@ def at_loss(student_maps, teacher_maps, p: float = 2.0) -> torch.Tensor:
 @register_distiller("at")
 class AT(Distiller):
     paper = 'Zagoruyko & Komodakis, ICLR 2017'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + 1000 x attention transfer, p = 2 (mdistiller)")
     bibtex = (
         '@inproceedings{zagoruyko2017paying,\n'
         '  title={Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks via Attention Transfer},\n'

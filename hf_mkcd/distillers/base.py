@@ -52,6 +52,25 @@ def list_distillers():
     return sorted(DISTILLERS)
 
 
+def hyperparameters(name: str) -> Dict[str, object]:
+    """A method's hyper-parameters and their defaults, as ``--distiller_kwargs`` / the weight flags set them; a
+    method that reads a temperature also lists its default schedule."""
+    from .temperature import DEFAULT_TEMPERATURE
+
+    cls = get_distiller_class(name)
+    out = dict(cls.defaults)
+    if cls.uses_temperature and cls.temperature_schedule == "constant":
+        out["temperature"] = DEFAULT_TEMPERATURE
+    elif cls.uses_temperature:
+        out["temperature_schedule"] = cls.temperature_schedule
+    return out
+
+
+def describe_hyperparameters(name: str) -> str:
+    """``"beta=8, ..."``: one line for ``--help`` and the docs."""
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in hyperparameters(name).items())
+
+
 def get_distiller_class(name: str) -> Type["Distiller"]:
     if name not in DISTILLERS:
         close = difflib.get_close_matches(name, DISTILLERS, n=3)
@@ -105,6 +124,8 @@ class Distiller(nn.Module):
     name: str = ""
     paper: str = ""  # "Authors, venue year": shown in model cards and the README
     bibtex: str = ""  # the paper's citation, in model cards
+    recipe_note: str = ""  # the reference's setting in a line: the comment of the generated recipes
+    recipe_settings: Dict[str, object] = {}  # recipe keys every pair sets for this method (e.g. its temperature)
     student_needs = frozenset({"logits"})
     teacher_needs = frozenset({"logits"})
     batch_needs = frozenset()
@@ -149,9 +170,10 @@ class Distiller(nn.Module):
         optimizer's state (momentum), as the reference code starts a fresh optimizer per stage."""
         return "main"
 
-    def frozen_parameters(self, step: Step) -> Tuple[str, ...]:
-        """Names (in the trained ``DistillationModule``: ``student.…`` / ``distiller.…``) that this step
-        must leave untouched: no gradient, so no weight decay or momentum either."""
+    def frozen_modules(self, step: Step) -> Tuple[str, ...]:
+        """Modules (names in the trained ``DistillationModule``: ``student.…`` / ``distiller.…``) that this step
+        leaves exactly as they are: no gradient, so no weight decay or momentum, and eval mode, so their BN
+        statistics do not move."""
         return ()
 
     @staticmethod

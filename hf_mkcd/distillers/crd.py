@@ -48,6 +48,8 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 @register_distiller("crd")
 class CRD(Distiller):
     paper = 'Tian et al., ICLR 2020'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + 0.8 x NCE, 16,384 negatives (RepDistiller -a 0 -b 0.8)")
     bibtex = (
         '@inproceedings{tian2020contrastive,\n'
         '  title={Contrastive Representation Distillation},\n'

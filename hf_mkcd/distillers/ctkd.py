@@ -12,6 +12,9 @@ from .kd import KD
 @register_distiller("ctkd")
 class CTKD(KD):
     paper = 'Li et al., AAAI 2023'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 0.1 + KD 0.9 with the learned adversarial temperature (zhengli97/CTKD)")
+    recipe_settings = {}  # its temperature is learned
     bibtex = (
         '@inproceedings{li2023curriculum,\n'
         '  title={Curriculum Temperature for Knowledge Distillation},\n'

@@ -30,6 +30,9 @@ def dist_loss(student_logits, teacher_logits, beta: float, gamma: float, tempera
 @register_distiller("dist")
 class DIST(Distiller):
     paper = 'Huang et al., NeurIPS 2022'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + 2 x (inter + intra), tau = 4 (hunto/DIST_KD)")
+    recipe_settings = {"temperature": 4.0}
     bibtex = (
         '@inproceedings{huang2022knowledge,\n'
         '  title={Knowledge Distillation from A Stronger Teacher},\n'

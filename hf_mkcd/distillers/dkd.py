@@ -30,6 +30,9 @@ def dkd_loss(student_logits, teacher_logits, labels, alpha: float, beta: float, 
 @register_distiller("dkd")
 class DKD(Distiller):
     paper = 'Zhao et al., CVPR 2022'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + warm-up 20 epochs x (TCKD 1 + NCKD beta), T = 4")
+    recipe_settings = {"temperature": 4.0}
     bibtex = (
         '@inproceedings{zhao2022decoupled,\n'
         '  title={Decoupled Knowledge Distillation},\n'

@@ -12,6 +12,7 @@ from ..models.projectors import ConvRegressor
 @register_distiller("fitnet")
 class FitNet(Distiller):
     paper = 'Romero et al., ICLR 2015'
+    recipe_note = "CE 1 + 100 x hint MSE at stage 2 (mdistiller)"  # the reference setting (recipe comments)
     bibtex = (
         '@inproceedings{romero2015fitnets,\n'
         '  title={FitNets: Hints for Thin Deep Nets},\n'

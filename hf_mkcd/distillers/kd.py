@@ -9,6 +9,8 @@ from .losses import kd_loss
 @register_distiller("kd")
 class KD(Distiller):
     paper = 'Hinton et al., 2015'
+    recipe_note = "CE 0.1 + KD 0.9, T = 4 (mdistiller/RepDistiller)"  # the reference setting (recipe comments)
+    recipe_settings = {"temperature": 4.0}
     bibtex = (
         '@article{hinton2015distilling,\n'
         '  title={Distilling the Knowledge in a Neural Network},\n'

@@ -19,6 +19,8 @@ from .losses import feature_mse, kd_loss
 @register_distiller("mkcd")
 class MKCD(Distiller):
     paper = 'MKCD, ICJE 11(3), 2025'
+    recipe_note = (  # the reference setting (recipe comments)
+        "its defaults (feature + KD + CE through the reused teacher head, encoder-decoder projector, progressive temperature), chosen by the ablation in docs/mkcd.md")
     bibtex = (
         '@article{mkcd2025,\n'
         '  title={Multi-knowledge Collaborative Distillation Framework based on an Encoder-decoder Feature Projector},\n'

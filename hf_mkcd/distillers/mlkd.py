@@ -52,6 +52,8 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
 @register_distiller("mlkd")
 class MLKD(Distiller):
     paper = 'Jin et al., CVPR 2023'
+    recipe_note = (  # the reference setting (recipe comments)
+        "weak + strong views, T in (4,3,5,2,6), CE 0.1 per view + 0.9 per level")
     bibtex = (
         '@inproceedings{jin2023multi,\n'
         '  title={Multi-Level Logit Distillation},\n'

@@ -5,6 +5,7 @@ from .base import Distiller, register_distiller
 @register_distiller("none")
 class NoDistillation(Distiller):
     paper = 'no teacher (cross-entropy)'
+    recipe_note = "cross-entropy only, no teacher"  # the reference setting (recipe comments)
     bibtex = ""
     teacher_needs = frozenset()
     defaults = {"ce_weight": 1.0}

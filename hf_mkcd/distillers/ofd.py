@@ -52,6 +52,8 @@ def teacher_stage_bns(teacher: nn.Module, method: str):
 @register_distiller("ofd")
 class OFD(Distiller):
     paper = 'Heo et al., ICCV 2019'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + 0.001 x partial L2 with the teacher's BN margins (mdistiller)")
     bibtex = (
         '@inproceedings{heo2019comprehensive,\n'
         '  title={A Comprehensive Overhaul of Feature Distillation},\n'

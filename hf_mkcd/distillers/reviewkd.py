@@ -68,6 +68,7 @@ def _levels(outputs, stages_key):
 @register_distiller("reviewkd")
 class ReviewKD(Distiller):
     paper = 'Chen et al., CVPR 2021'
+    recipe_note = "CE 1 + w x warm-up(20 epochs) x HCL"  # the reference setting (recipe comments)
     bibtex = (
         '@inproceedings{chen2021distilling,\n'
         '  title={Distilling Knowledge via Knowledge Review},\n'

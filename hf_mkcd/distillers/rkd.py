@@ -35,6 +35,7 @@ def rkd_angle_loss(e_s: torch.Tensor, e_t: torch.Tensor) -> torch.Tensor:
 @register_distiller("rkd")
 class RKD(Distiller):
     paper = 'Park et al., CVPR 2019'
+    recipe_note = "CE 1 + 25 x distance + 50 x angle (mdistiller)"  # the reference setting (recipe comments)
     bibtex = (
         '@inproceedings{park2019relational,\n'
         '  title={Relational Knowledge Distillation},\n'

@@ -11,6 +11,9 @@ from .losses import feature_mse
 @register_distiller("simkd")
 class SimKD(Distiller):
     paper = 'Chen et al., CVPR 2022'
+    recipe_note = (  # the reference setting (recipe comments)
+        "feature MSE only, projector factor 2 (DefangChen/SimKD -f 2)")
+    recipe_settings = {"projector_factor": 2}
     bibtex = (
         '@inproceedings{chen2022knowledge,\n'
         '  title={Knowledge Distillation with the Reused Teacher Classifier},\n'

@@ -22,6 +22,8 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
 @register_distiller("sp")
 class SP(Distiller):
     paper = 'Tung & Mori, ICCV 2019'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + 3000 x similarity-preserving loss (mdistiller)")
     bibtex = (
         '@inproceedings{tung2019similarity,\n'
         '  title={Similarity-Preserving Knowledge Distillation},\n'

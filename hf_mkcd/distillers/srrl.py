@@ -17,6 +17,8 @@ from .losses import feature_mse, kd_loss
 @register_distiller("srrl")
 class SRRL(Distiller):
     paper = 'Yang et al., ICLR 2021'
+    recipe_note = (  # the reference setting (recipe comments)
+        "CE 1 + KL 1 + feature MSE 1 + logit MSE 1 (DefangChen/SimKD -c 1 -d 1 -b 1)")
     bibtex = (
         '@inproceedings{yang2021knowledge,\n'
         '  title={Knowledge Distillation via Softmax Regression Representation Learning},\n'

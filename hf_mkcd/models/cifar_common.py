@@ -45,17 +45,6 @@ def cifar_cfg(classifier: str = "fc", **kwargs) -> dict:
     }
 
 
-def bn_no_update(x: torch.Tensor, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """Apply ``bn`` as the network would, without touching its running statistics.
-
-    Used to expose a pre-activation map that the network normalises again later (WRN), so asking
-    for it in training mode does not update the running stats twice (an mdistiller quirk).
-    """
-    if bn.training:
-        return F.batch_norm(x, None, None, bn.weight, bn.bias, True, 0.0, bn.eps)
-    return F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
-
-
 def init_reference_weights(model: nn.Module, linear_std: Optional[float] = None) -> None:
     """RepDistiller's init of WRN / VGG / MobileNetV2: conv ~ N(0, sqrt(2 / (k*k*C_out))), conv bias 0,
     BN (1, 0), Linear bias 0 and, with ``linear_std``, Linear weight ~ N(0, linear_std)."""
@@ -91,6 +80,9 @@ class CifarNet(nn.Module):
 
     classifier_attr = "fc"
     classifier_in_sequential = False  # MobileNetV2 keeps its Linear at ``classifier.0``
+    # modules with parameters that run between the last stage and the pooling (``forward_prepool``): the ones
+    # RepDistiller's ``get_feat_modules()`` leaves out besides the classifier (AB's initialisation freezes them)
+    prepool_modules: Tuple[str, ...] = ()
 
     def _finish(self, num_classes: int, num_features: int, feature_info: List[dict], global_pool: str = "avg"):
         self.num_classes = num_classes

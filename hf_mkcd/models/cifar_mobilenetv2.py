@@ -34,6 +34,7 @@ class InvertedResidual(nn.Module):
 
 
 class CifarMobileNetV2(CifarNet):
+    prepool_modules = ("conv2",)
     classifier_attr = "classifier"
     classifier_in_sequential = True
     # (expansion, channels, repeats, stride); expansion None = the model's ``expand``
@@ -82,4 +83,5 @@ class CifarMobileNetV2(CifarNet):
         return self.conv2(x)
 
 
-register_cifar_model("cifar_mobilenetv2", CifarMobileNetV2, cifar_cfg("classifier.0"), expand=6, width_mult=0.5)
+register_cifar_model("cifar_mobilenetv2", CifarMobileNetV2, cifar_cfg("classifier.0", first_conv="conv1.0"), expand=6,
+                     width_mult=0.5)

@@ -94,6 +94,7 @@ class CifarShuffleNet(CifarNet):
     def __init__(self, version: int = 1, num_classes: int = 100, in_chans: int = 3, global_pool: str = "avg", **kwargs):
         super().__init__()
         self.version = version
+        self.prepool_modules = ("conv2", "bn2") if version == 2 else ()
         self.conv1 = nn.Conv2d(in_chans, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         in_planes = 24

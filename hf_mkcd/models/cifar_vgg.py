@@ -54,5 +54,5 @@ class CifarVGG(CifarNet):
         return F.relu(pre), pre
 
 
-register_cifar_model("cifar_vgg8", CifarVGG, cifar_cfg("classifier"), vgg_cfg="S")
-register_cifar_model("cifar_vgg13", CifarVGG, cifar_cfg("classifier"), vgg_cfg="B")
+register_cifar_model("cifar_vgg8", CifarVGG, cifar_cfg("classifier", first_conv="block0.0"), vgg_cfg="S")
+register_cifar_model("cifar_vgg13", CifarVGG, cifar_cfg("classifier", first_conv="block0.0"), vgg_cfg="B")

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .cifar_common import CifarNet, init_reference_weights, bn_no_update, cifar_cfg, register_cifar_model
+from .cifar_common import CifarNet, cifar_cfg, init_reference_weights, register_cifar_model
 
 
 class WideBasic(nn.Module):
@@ -43,6 +43,8 @@ class NetworkBlock(nn.Module):
 
 
 class CifarWideResNet(CifarNet):
+    prepool_modules = ("bn1",)
+
     def __init__(self, depth: int = 40, widen_factor: int = 2, num_classes: int = 100, in_chans: int = 3,
                  global_pool: str = "avg", **kwargs):
         super().__init__()
@@ -70,9 +72,11 @@ class CifarWideResNet(CifarNet):
         x = getattr(self, f"block{i}")(x)
         if not preact:
             return x, None
-        # mdistiller's preact_feats: the BN that follows this stage, before its ReLU.
+        # the references' pre-activation map: the BN that follows this stage, before its ReLU. It runs again in
+        # the next stage, so in training mode its running statistics move twice per step, as they do in
+        # RepDistiller (AB) and mdistiller (docs/methods.md)
         next_bn = self.bn1 if i == 3 else getattr(self, f"block{i + 1}").layer[0].bn1
-        return x, bn_no_update(x, next_bn)
+        return x, next_bn(x)
 
     def forward_prepool(self, x):
         return F.relu(self.bn1(x))

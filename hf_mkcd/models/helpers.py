@@ -62,11 +62,20 @@ def teacher_linear_head(teacher: nn.Module) -> nn.Linear:
 
 
 def first_conv_in_channels(model: nn.Module, default: int = 3) -> int:
+    """Input channels of the model's first convolution: the one its pretrained cfg names, else the first
+    ``Conv2d`` it holds (a cfg may name a block, or a layer the architecture calls otherwise)."""
     name = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
     try:
-        return model.get_submodule(name).in_channels if name else default
+        named = model.get_submodule(name) if name else None
     except AttributeError:
-        return default
+        named = None
+    for root in (named, model):
+        if root is None:
+            continue
+        for module in root.modules():
+            if isinstance(module, nn.Conv2d):
+                return module.in_channels
+    return default
 
 
 class FrozenLinear(nn.Module):
