@@ -5,6 +5,7 @@
 Importing the package registers the CIFAR model zoo in timm (``timm.list_models("cifar_*")``) and
 the ``mkcd_student`` model type with ``AutoConfig`` / ``AutoModelForImageClassification``.
 """
+
 from transformers import AutoConfig, AutoModelForImageClassification
 
 from .distillers import Distiller, get_distiller_class, list_distillers, register_distiller
@@ -33,9 +34,22 @@ MKCDStudentConfig.register_for_auto_class()
 MKCDStudentForImageClassification.register_for_auto_class("AutoModelForImageClassification")
 
 __all__ = [
-    "DistillationTrainer", "DistillationTrainingArguments", "Distiller", "register_distiller", "list_distillers",
+    "DistillationTrainer",
+    "DistillationTrainingArguments",
+    "Distiller",
+    "register_distiller",
+    "list_distillers",
     "get_distiller_class",
-    "CIFAR100_MEAN", "CIFAR100_STD", "CIFAR_MODELS", "MKCDStudentConfig", "MKCDStudentForImageClassification",
-    "build_projector", "count_parameters", "create_timm_model", "load_teacher", "load_state_dict_file",
-    "CheckpointError", "HubUnavailableError",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "CIFAR_MODELS",
+    "MKCDStudentConfig",
+    "MKCDStudentForImageClassification",
+    "build_projector",
+    "count_parameters",
+    "create_timm_model",
+    "load_teacher",
+    "load_state_dict_file",
+    "CheckpointError",
+    "HubUnavailableError",
 ]

@@ -16,6 +16,7 @@ same images.
 
 :data:`VIEWS` names the extra views a method can ask for (``Distiller.views``).
 """
+
 from __future__ import annotations
 
 from typing import Callable, Dict, Tuple
@@ -34,7 +35,7 @@ def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> 
     p, (h, w) = padding, x.shape[-2:]
     x = torch.nn.functional.pad(x, (p, p, p, p))
     i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
-    x = x[:, i:i + h, j:j + w]
+    x = x[:, i : i + h, j : j + w]
     return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
 
 

@@ -12,6 +12,7 @@ The image and label columns are detected (an ``Image`` feature; a ``ClassLabel``
 ``--label_column_name``. Transforms run on the fly through ``set_transform`` (augmentation re-drawn
 every epoch), converting images to the channel count the model expects.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -30,8 +31,18 @@ from .augment import VIEWS, crop_flip
 
 logger = logging.getLogger("hf_mkcd")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
-FASHION_MNIST_LABELS = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                        "Ankle boot"]
+FASHION_MNIST_LABELS = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 OFFLINE_SOURCES = ("fashion_mnist", "digits")
 # per-dataset normalisation (mean, std) of the known sources; others are measured on training images
 KNOWN_STATS = {
@@ -44,28 +55,59 @@ KNOWN_STATS = {
 class DataArguments:
     """Which data to train and evaluate on, and how to present it to the models."""
 
-    dataset_name: str = field(default="uoft-cs/cifar100", metadata={"help": "Hub id, local path, or one of: " + ", ".join(OFFLINE_SOURCES)})
+    dataset_name: str = field(
+        default="uoft-cs/cifar100", metadata={"help": "Hub id, local path, or one of: " + ", ".join(OFFLINE_SOURCES)}
+    )
     dataset_config_name: Optional[str] = field(default=None, metadata={"help": "Hub dataset configuration."})
     image_column_name: Optional[str] = field(default=None, metadata={"help": "Image column (detected if unset)."})
     label_column_name: Optional[str] = field(default=None, metadata={"help": "Label column (detected if unset)."})
     train_split: str = field(default="train", metadata={"help": "Training split."})
-    eval_split: Optional[str] = field(default=None, metadata={"help": "Evaluation split (validation, else test, else a seeded tenth of train)."})
-    max_train_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."})
+    eval_split: Optional[str] = field(
+        default=None, metadata={"help": "Evaluation split (validation, else test, else a seeded tenth of train)."}
+    )
+    max_train_samples: Optional[int] = field(
+        default=None, metadata={"help": "Truncate the training set (debugging, quick runs)."}
+    )
     max_eval_samples: Optional[int] = field(default=None, metadata={"help": "Truncate the evaluation set."})
-    image_size: Optional[int] = field(default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."})
-    augmentation: str = field(default="crop_flip", metadata={"help": "Training augmentation: crop_flip (the CIFAR recipe: random crop with 4-pixel padding + flip) or none. Extra views a method reads (MLKD's strong view) are added because the method asks for them."})
-    image_mean: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."})
+    image_size: Optional[int] = field(
+        default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."}
+    )
+    augmentation: str = field(
+        default="crop_flip",
+        metadata={
+            "help": "Training augmentation: crop_flip (the CIFAR recipe: random crop with 4-pixel padding + flip) or "
+            "none. Extra views a method reads (MLKD's strong view) are added because the method asks for them."
+        },
+    )
+    image_mean: Optional[Sequence[float]] = field(
+        default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."}
+    )
     image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
-    split_seed: int = field(default=0, metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."})
-    validation_samples: Optional[int] = field(default=None, metadata={"help": "Hold out this many training images (fixed by split_seed) as the evaluation set, for model selection that never reads the test split; max_train_samples then draws from the rest."})
-    test_split: Optional[str] = field(default=None, metadata={"help": "A split evaluated once, after training, and only reported (test_* metrics): with validation_samples, the final numbers."})
+    split_seed: int = field(
+        default=0,
+        metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."},
+    )
+    validation_samples: Optional[int] = field(
+        default=None,
+        metadata={
+            "help": "Hold out this many training images (fixed by split_seed) as the evaluation set, for model "
+            "selection that never reads the test split; max_train_samples then draws from the rest."
+        },
+    )
+    test_split: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A split evaluated once, after training, and only reported (test_* metrics): with "
+            "validation_samples, the final numbers."
+        },
+    )
 
 
 def _read_idx(path: str) -> np.ndarray:
     with gzip.open(path, "rb") as f:
         data = f.read()
     ndim = data[3]
-    dims = [int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim)]
+    dims = [int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
     return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim).reshape(dims)
 
 
@@ -113,14 +155,17 @@ def _load_hub(name: str, config: Optional[str]) -> DatasetDict:
     """A Hub dataset; when the Hub cannot be reached, the local cache at once, else a clear error."""
     from .hub import hub_reachable, offline_mode, unreachable_reason
 
-    offline_choices = (f"Offline choices: {', '.join(OFFLINE_SOURCES)}, or a local path (save_to_disk directory, "
-                       "parquet files, imagefolder).")
+    offline_choices = (
+        f"Offline choices: {', '.join(OFFLINE_SOURCES)}, or a local path (save_to_disk directory, "
+        "parquet files, imagefolder)."
+    )
     if hub_reachable():
         try:
             return load_dataset(name, config)
         except ConnectionError as err:
-            raise ConnectionError(f"dataset {name!r} cannot be fetched from the Hugging Face Hub. {offline_choices} "
-                                  f"({err})") from err
+            raise ConnectionError(
+                f"dataset {name!r} cannot be fetched from the Hugging Face Hub. {offline_choices} ({err})"
+            ) from err
     try:
         with offline_mode():
             ds = load_dataset(name, config)
@@ -133,17 +178,35 @@ def _load_hub(name: str, config: Optional[str]) -> DatasetDict:
         ) from err
 
 
+def looks_like_path(name: str) -> bool:
+    """A name that can only be a path (absolute, ./ ../ ~, or more than one '/'), never a Hub id (org/name)."""
+    return name.startswith(("/", "./", "../", "~", ".\\")) or name.count("/") > 1 or name in (".", "..")
+
+
 def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -> DatasetDict:
+    if looks_like_path(name) and not os.path.exists(os.path.expanduser(name)):
+        parent = os.path.dirname(os.path.abspath(os.path.expanduser(name)))
+        raise FileNotFoundError(
+            f"dataset {name!r} does not exist"
+            + (f" ({parent} does not exist either)" if not os.path.isdir(parent) else "")
+            + ": give an existing folder (save_to_disk, parquet or imagefolder), a Hub id (org/name), or one of "
+            + ", ".join(OFFLINE_SOURCES)
+        )
+    name = os.path.expanduser(name)
     if name == "fashion_mnist":
         return load_fashion_mnist()
     if name == "digits":
         return load_digits_dataset(seed)
     if os.path.exists(name):
-        if os.path.isdir(name) and (os.path.isfile(os.path.join(name, "dataset_dict.json"))
-                                    or os.path.isfile(os.path.join(name, "dataset_info.json"))):
+        if os.path.isdir(name) and (
+            os.path.isfile(os.path.join(name, "dataset_dict.json"))
+            or os.path.isfile(os.path.join(name, "dataset_info.json"))
+        ):
             ds = load_from_disk(name)
             return ds if isinstance(ds, DatasetDict) else DatasetDict(train=ds)
-        parquet = sorted(f for f in (os.listdir(name) if os.path.isdir(name) else [os.path.basename(name)]) if f.endswith(".parquet"))
+        parquet = sorted(
+            f for f in (os.listdir(name) if os.path.isdir(name) else [os.path.basename(name)]) if f.endswith(".parquet")
+        )
         if parquet:
             root = name if os.path.isdir(name) else os.path.dirname(name)
             files = {}
@@ -160,11 +223,15 @@ def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -
             return load_dataset("imagefolder", data_dir=name)
         raise ValueError(f"{name!r} is neither a dataset directory, a parquet file nor an imagefolder")
     if "/" not in name:
-        raise ValueError(f"unknown dataset {name!r}: give a Hub id (org/name), a local path, or one of {OFFLINE_SOURCES}")
+        raise ValueError(
+            f"unknown dataset {name!r}: give a Hub id (org/name), a local path, or one of {OFFLINE_SOURCES}"
+        )
     return _load_hub(name, config)
 
 
-def detect_columns(features: Features, image_column: Optional[str] = None, label_column: Optional[str] = None) -> Tuple[str, str]:
+def detect_columns(
+    features: Features, image_column: Optional[str] = None, label_column: Optional[str] = None
+) -> Tuple[str, str]:
     if image_column is None:
         images = [k for k, v in features.items() if isinstance(v, Image)]
         images = images or [k for k in ("img", "image", "pixel_values") if k in features]
@@ -203,8 +270,10 @@ def image_to_tensor(image, channels: int) -> torch.Tensor:
     """
     if isinstance(image, PILImage.Image):
         if image.mode in HIGH_DEPTH_MODES:
-            raise ValueError(f"a {image.mode!r} image (16-bit or float pixels) has no faithful 8-bit conversion: "
-                             "convert the dataset's images to 8-bit (L or RGB) first")
+            raise ValueError(
+                f"a {image.mode!r} image (16-bit or float pixels) has no faithful 8-bit conversion: "
+                "convert the dataset's images to 8-bit (L or RGB) first"
+            )
         if image.mode == "P" and "transparency" in image.info:
             image = image.convert("RGBA")  # PIL converts a palette with transparency through RGBA
         array = np.array(image.convert("L" if channels == 1 else "RGB"))
@@ -256,7 +325,7 @@ def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, in
     if isinstance(feature, Image):
         raw = dataset.cast_column(image_column, Image(decode=False))
         for start in range(0, len(raw), 1000):
-            for offset, item in enumerate(raw[start:start + 1000][image_column]):
+            for offset, item in enumerate(raw[start : start + 1000][image_column]):
                 try:
                     source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
                     with PILImage.open(source) as im:
@@ -277,8 +346,11 @@ def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, in
             counts[kind] = counts.get(kind, 0) + 1
     if bad:
         lines = [f"{kind}: {len(rows)} image(s), first at row {rows[0]}" for kind, rows in bad.items()]
-        raise ValueError(f"the {split!r} split has images that cannot be converted to 8-bit L/RGB:\n  "
-                         + "\n  ".join(lines) + "\nConvert or drop them (e.g. dataset.filter) before training.")
+        raise ValueError(
+            f"the {split!r} split has images that cannot be converted to 8-bit L/RGB:\n  "
+            + "\n  ".join(lines)
+            + "\nConvert or drop them (e.g. dataset.filter) before training."
+        )
     return counts
 
 
@@ -296,7 +368,9 @@ def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: s
         values, counts = np.unique(labels[bad], return_counts=True)
         shown = ", ".join(f"{v} ({c} row{'s' if c > 1 else ''})" for v, c in zip(values[:8], counts[:8]))
         hint = " -1 is the datasets convention for an unlabelled row: drop those rows." if (values == -1).any() else ""
-        raise ValueError(f"the {split!r} split has {int(bad.sum())} label(s) outside 0..{num_classes - 1}: {shown}.{hint}")
+        raise ValueError(
+            f"the {split!r} split has {int(bad.sum())} label(s) outside 0..{num_classes - 1}: {shown}.{hint}"
+        )
 
 
 def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2000, seed: int = 0):
@@ -320,8 +394,19 @@ class ImageTransform:
     carries ``aug_epoch``, the epoch its augmentation was drawn for (the teacher cache's key).
     """
 
-    def __init__(self, image_column: str, label_column: str, channels: int, image_size: int, mean, std,
-                 train: bool, augmentation: str = "crop_flip", seed: int = 0, views: Sequence[str] = ()):
+    def __init__(
+        self,
+        image_column: str,
+        label_column: str,
+        channels: int,
+        image_size: int,
+        mean,
+        std,
+        train: bool,
+        augmentation: str = "crop_flip",
+        seed: int = 0,
+        views: Sequence[str] = (),
+    ):
         from torchvision.transforms import v2
 
         if augmentation not in AUGMENTATIONS:
@@ -341,10 +426,17 @@ class ImageTransform:
 
     def describe(self) -> dict:
         """What the produced tensors depend on, besides the epoch and the sample (the teacher cache's key)."""
-        return {"image_column": self.image_column, "label_column": self.label_column, "channels": self.channels,
-                "image_size": list(self.resize.size), "mean": [round(float(m), 6) for m in self.normalize.transforms[1].mean],
-                "std": [round(float(v), 6) for v in self.normalize.transforms[1].std], "augmentation": self.augment,
-                "views": list(self.views), "seed": self.seed}
+        return {
+            "image_column": self.image_column,
+            "label_column": self.label_column,
+            "channels": self.channels,
+            "image_size": list(self.resize.size),
+            "mean": [round(float(m), 6) for m in self.normalize.transforms[1].mean],
+            "std": [round(float(v), 6) for v in self.normalize.transforms[1].std],
+            "augmentation": self.augment,
+            "views": list(self.views),
+            "seed": self.seed,
+        }
 
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
@@ -356,7 +448,7 @@ class ImageTransform:
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
                     generator.seed()
                 else:
-                    generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2 ** 63)
+                    generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2**63)
                 for view in self.views:
                     views[view].append(self.normalize(VIEWS[view](x, generator)))
                 if self.augment:
@@ -384,10 +476,13 @@ class PreparedData:
     mean: Sequence[float]
     std: Sequence[float]
     test: Optional[Dataset] = None  # reported only (DataArguments.test_split)
+    eval_split: str = "validation"  # the evaluation set's short name (model-index ``split``)
+    eval_description: str = ""  # what the evaluation set is, for cards: a split, or images held out of training
 
 
-def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None,
-                     views: Sequence[str] = ()) -> PreparedData:
+def prepare_datasets(
+    args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None, views: Sequence[str] = ()
+) -> PreparedData:
     """Load, split, truncate and attach transforms. ``channels=None``: the images' own (RGBA -> RGB).
     ``views``: extra augmented training views the method reads (``Distiller.views``).
     ``mean``/``std`` (e.g. the teacher's) win over known or measured statistics;
@@ -404,16 +499,27 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
         test = ds[args.test_split]
     if args.validation_samples is not None:
         if not 0 < args.validation_samples < len(train):
-            raise ValueError(f"--validation_samples must be between 1 and {len(train) - 1}, got {args.validation_samples}")
+            raise ValueError(
+                f"--validation_samples must be between 1 and {len(train) - 1}, got {args.validation_samples}"
+            )
         split = train.train_test_split(test_size=args.validation_samples, seed=args.split_seed)
-        train, evaluation, eval_split = split["train"], split["test"], f"validation ({args.validation_samples} of {args.train_split})"
+        train, evaluation, eval_split = split["train"], split["test"], "validation"
+        eval_description = (
+            f"{args.validation_samples:,} images held out of the {args.train_split!r} split (seed {args.split_seed}), "
+            "never trained on"
+        )
     elif eval_split is None:
         split = train.train_test_split(test_size=0.1, seed=args.split_seed)
-        train, evaluation = split["train"], split["test"]
+        train, evaluation, eval_split = split["train"], split["test"], "held-out"
+        eval_description = (
+            f"a tenth of the {args.train_split!r} split held out (seed {args.split_seed}; the dataset has no "
+            "validation or test split), never trained on"
+        )
     elif eval_split not in ds:
         raise ValueError(f"no split {eval_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
     else:
         evaluation = ds[eval_split]
+        eval_description = f"the {eval_split!r} split"
     image_column, label_column = detect_columns(train.features, args.image_column_name, args.label_column_name)
     for name, value in (("max_train_samples", args.max_train_samples), ("max_eval_samples", args.max_eval_samples)):
         if value is not None and value < 1:
@@ -423,7 +529,7 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
     if args.max_eval_samples is not None:
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     num_classes = train.features[label_column].num_classes
-    checked = [(args.train_split, train), (eval_split or "held-out", evaluation)] + ([(args.test_split, test)] if test else [])
+    checked = [(args.train_split, train), (eval_split, evaluation)] + ([(args.test_split, test)] if test else [])
     for split_name, split_data in checked:
         if len(split_data) == 0:
             raise ValueError(f"the {split_name!r} split of {args.dataset_name!r} is empty")
@@ -441,9 +547,25 @@ def prepare_datasets(args: DataArguments, channels: Optional[int], image_size: i
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
     names = train.features[label_column].names
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
-    train.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, True,
-                                       args.augmentation, args.split_seed, views))
+    train.set_transform(
+        ImageTransform(
+            image_column, label_column, channels, image_size, mean, std, True, args.augmentation, args.split_seed, views
+        )
+    )
     for split_data in [evaluation] + ([test] if test is not None else []):
         split_data.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
-    return PreparedData(train, evaluation, {i: n for i, n in enumerate(names)}, image_column, label_column,
-                        source_channels, channels, list(mean), list(std), test)
+    return PreparedData(
+        train,
+        evaluation,
+        {i: n for i, n in enumerate(names)},
+        image_column,
+        label_column,
+        source_channels,
+        channels,
+        list(mean),
+        list(std),
+        test,
+        eval_split,
+        f"{eval_description}, {len(evaluation):,} images"
+        + (f" (the first {len(evaluation):,}: --max_eval_samples)" if args.max_eval_samples is not None else ""),
+    )

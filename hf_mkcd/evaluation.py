@@ -1,4 +1,5 @@
 """``compute_metrics`` for Trainer: top-1 / top-5 through the ``evaluate`` module shipped in the package."""
+
 from __future__ import annotations
 
 import os

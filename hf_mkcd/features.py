@@ -6,6 +6,7 @@ global-pooled feature), ``logits``, and for the student ``projected`` (its proje
 :func:`probe_shapes` runs both models once on a dummy batch to learn every shape a check or a
 method's own modules need.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, Tuple
@@ -19,7 +20,9 @@ MODEL_OUTPUTS = frozenset({"logits", "pooled", "features", "projected", "stages"
 STAGE_KEYS = {"stages", "preact_stages"}
 
 
-def backbone_outputs(backbone: nn.Module, x: torch.Tensor, needs: Iterable[str], who: str = "model") -> Dict[str, object]:
+def backbone_outputs(
+    backbone: nn.Module, x: torch.Tensor, needs: Iterable[str], who: str = "model"
+) -> Dict[str, object]:
     needs = set(needs)
     out: Dict[str, object] = {}
     if needs & STAGE_KEYS:
@@ -64,13 +67,15 @@ def teacher_outputs(teacher: nn.Module, x: torch.Tensor, needs: Iterable[str]) -
 
 
 def _shapes(outputs: Dict[str, object]) -> Dict[str, object]:
-    return {k: ([tuple(t.shape[1:]) for t in v] if isinstance(v, list) else tuple(v.shape[1:]))
-            for k, v in outputs.items()}
+    return {
+        k: ([tuple(t.shape[1:]) for t in v] if isinstance(v, list) else tuple(v.shape[1:])) for k, v in outputs.items()
+    }
 
 
 @torch.no_grad()
-def probe_shapes(student, teacher: nn.Module, student_needs: Iterable[str], teacher_needs: Iterable[str]
-                 ) -> Tuple[Dict[str, object], Dict[str, object]]:
+def probe_shapes(
+    student, teacher: nn.Module, student_needs: Iterable[str], teacher_needs: Iterable[str]
+) -> Tuple[Dict[str, object], Dict[str, object]]:
     """Shapes of what the two models give, from one dummy batch (2 images) at the student's input size,
     both in eval mode (BN statistics untouched)."""
     cfg = student.config
@@ -79,8 +84,13 @@ def probe_shapes(student, teacher: nn.Module, student_needs: Iterable[str], teac
     try:
         x = torch.zeros(2, cfg.num_channels, cfg.image_size, cfg.image_size, device=next(student.parameters()).device)
         s = student_outputs(student, x, student_needs)
-        t_in = torch.zeros(2, first_conv_in_channels(teacher, cfg.num_channels), cfg.image_size, cfg.image_size,
-                           device=next(teacher.parameters()).device)
+        t_in = torch.zeros(
+            2,
+            first_conv_in_channels(teacher, cfg.num_channels),
+            cfg.image_size,
+            cfg.image_size,
+            device=next(teacher.parameters()).device,
+        )
         t = teacher_outputs(teacher, t_in, teacher_needs)
     finally:
         student.train(modes[0]), teacher.train(modes[1])

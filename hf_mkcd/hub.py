@@ -5,6 +5,7 @@ before failing. Every Hub path of hf_mkcd asks :func:`hub_reachable` first (one 
 short timeout to ``HF_ENDPOINT``): when the Hub does not answer, a copy in the local cache is used at
 once (:func:`offline_mode`), and without one the error names the offline choices.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -75,16 +76,25 @@ def offline_mode():
 
 
 def unreachable_reason() -> str:
-    return ("offline mode is on (HF_HUB_OFFLINE)" if is_offline()
-            else f"{endpoint()} did not answer within {CONNECT_TIMEOUT_S:g} s")
+    return (
+        "offline mode is on (HF_HUB_OFFLINE)"
+        if is_offline()
+        else f"{endpoint()} did not answer within {CONNECT_TIMEOUT_S:g} s"
+    )
 
 
 PUSHED_PATTERNS = ["*.json", "*.safetensors", "*.py", "README.md", "*.png", "run_config.yaml", "timm/*"]
 NOT_PUSHED = ["checkpoint-*/*", ".*", "*/.*", "training_args.bin", "*.pt", "*.pth", STATE_NAME]
 
 
-def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, vanilla_dir=None,
-             commit_message: str = "Upload a student distilled with hf_mkcd") -> str:
+def push_run(
+    output_dir: str,
+    repo_id: str,
+    private: bool = False,
+    token=None,
+    vanilla_dir=None,
+    commit_message: str = "Upload a student distilled with hf_mkcd",
+) -> str:
     """Publish a finished run: weights, config, model code, image processor, the model card and its training
     curves, ``run_config.yaml``, ``all_results.json``. Fails fast, in one line, when the Hub cannot be reached;
     the local outputs are left as they are."""
@@ -95,13 +105,20 @@ def push_run(output_dir: str, repo_id: str, private: bool = False, token=None, v
         raise ValueError(f"{output_dir!r} is not a finished run (status {status!r}): only finished runs are pushed")
     write_student_card(output_dir, repo_id, vanilla_dir)  # the card travels with the outputs, pushed or not
     if not hub_reachable():
-        raise HubUnavailableError(f"cannot push {output_dir} to {repo_id}: the Hugging Face Hub cannot be reached "
-                                  f"({unreachable_reason()}); the run is saved locally, push it later with "
-                                  f"scripts/push_to_hub.py {output_dir} --hub_model_id {repo_id}")
+        raise HubUnavailableError(
+            f"cannot push {output_dir} to {repo_id}: the Hugging Face Hub cannot be reached "
+            f"({unreachable_reason()}); the run is saved locally, push it later with "
+            f"scripts/push_to_hub.py {output_dir} --hub_model_id {repo_id}"
+        )
     from huggingface_hub import HfApi
 
     api = HfApi(token=token)
     url = api.create_repo(repo_id, private=private, exist_ok=True)
-    api.upload_folder(folder_path=output_dir, repo_id=url.repo_id, allow_patterns=PUSHED_PATTERNS,
-                      ignore_patterns=NOT_PUSHED, commit_message=commit_message)
+    api.upload_folder(
+        folder_path=output_dir,
+        repo_id=url.repo_id,
+        allow_patterns=PUSHED_PATTERNS,
+        ignore_patterns=NOT_PUSHED,
+        commit_message=commit_message,
+    )
     return str(url)

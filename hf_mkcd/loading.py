@@ -5,9 +5,11 @@ transformers' ``TimmWrapperForImageClassification`` or by ``timm.models.save_for
 CIFAR-zoo name plus a checkpoint file in the community layout (``.pth`` with ``["model"]`` /
 ``["state_dict"]``, or ``.safetensors``); or a Hub id (fails clearly when offline).
 """
+
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 import tarfile
@@ -23,6 +25,9 @@ from .models.helpers import check_num_classes, create_timm_model, teacher_linear
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 
 
+logger = logging.getLogger("hf_mkcd")
+
+
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read, or whose keys/shapes do not fit the model."""
 
@@ -33,6 +38,93 @@ _PREFIXES = ("module.", "timm_model.", "backbone.", "model.")
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Read a ``{name: tensor}`` dict from ``.safetensors`` or a PyTorch checkpoint (``weights_only``)."""
+    obj = _read_checkpoint(path)
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        candidates = state_dict_candidates(_read_checkpoint(path))
+        if candidates:  # nested deeper than the usual wrappers: the largest tensor dict
+            return max(candidates, key=lambda c: len(c[1]))[1]
+        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
+        raise CheckpointError(f"{path!r} holds no state dict (looked under {_WRAPPER_KEYS}); top level: {keys}")
+    return obj
+
+
+def state_dict_candidates(obj, label: str = "") -> list:
+    """Every ``(where, state dict)`` a checkpoint of another KD codebase may hold: each dict of tensors at any
+    depth, and inside each, the keys under each dotted prefix of one or two parts (``module.``, ``student.``,
+    ``module.student.``...) with that prefix removed."""
+    found = []
+    if not isinstance(obj, dict):
+        return found
+    tensors = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
+    if tensors:
+        found.append((label or "the top level", tensors))
+        prefixes = {".".join(k.split(".")[:depth]) + "." for k in tensors for depth in (1, 2) if k.count(".") > depth}
+        for prefix in sorted(prefixes):
+            part = {k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)}
+            if part:
+                found.append((f"{label or 'the top level'}, keys under {prefix!r}", part))
+    for key, value in obj.items():
+        if isinstance(value, dict):
+            found += state_dict_candidates(value, f"{label}[{key!r}]")
+    return found
+
+
+def _problems(sd: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> tuple:
+    """(missing, unexpected, shape mismatches) of ``sd`` against the model's state dict ``own``."""
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    shapes = [
+        f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in sd and sd[k].shape != own[k].shape
+    ]
+    return missing, unexpected, shapes
+
+
+def _pick_candidate(path: str, model: nn.Module, arch: str) -> Optional[Dict[str, torch.Tensor]]:
+    """The first sub-dict of the checkpoint that fits the model exactly (said), or None."""
+    own = model.state_dict()
+    for label, candidate in state_dict_candidates(_read_checkpoint(path)):
+        sd = _prepare(candidate, own, model)
+        if not any(_problems(sd, own)):
+            logger.warning(f"checkpoint {path!r}: took {label} ({len(candidate)} tensors), the part that fits {arch}")
+            return sd
+    return None
+
+
+def _candidates_summary(path: str, model: nn.Module) -> str:
+    own = model.state_dict()
+    rows = []
+    for label, candidate in state_dict_candidates(_read_checkpoint(path)):
+        missing, unexpected, shapes = _problems(_prepare(candidate, own, model), own)
+        rows.append(
+            f"    {label}: {len(candidate)} tensors; {len(missing)} missing, {len(unexpected)} foreign, "
+            f"{len(shapes)} of another shape"
+        )
+    return "\n".join(rows[:12]) + ("\n    ..." if len(rows) > 12 else "")
+
+
+def _prepare(sd: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor], model: nn.Module) -> Dict[str, torch.Tensor]:
+    """What is harmless, tolerated: common prefixes, missing BN counters, an RGB first conv for a 1-channel model."""
+    sd = _strip_prefixes(dict(sd), own)
+    for k, v in own.items():
+        if k.endswith("num_batches_tracked") and k not in sd:
+            sd[k] = v.clone()
+    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
+    wkey = f"{first_conv}.weight" if first_conv else None
+    if wkey in sd and wkey in own and sd[wkey].shape[1] != own[wkey].shape[1] and sd[wkey].ndim == 4:
+        from timm.models import adapt_input_conv
+
+        sd[wkey] = adapt_input_conv(own[wkey].shape[1], sd[wkey])
+    return sd
+
+
+def _read_checkpoint(path: str):
+    """The checkpoint's top-level object (a dict of tensors, or a dict that holds one), errors said plainly."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint {path!r} does not exist")
     if tarfile.is_tarfile(path) and not zipfile.is_zipfile(path):
@@ -46,7 +138,9 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
         try:
             obj = load_file(path)
         except Exception as err:  # safetensors raises its own SafetensorError
-            raise CheckpointError(f"{path!r} is not a readable safetensors file (corrupt or truncated?): {err}") from err
+            raise CheckpointError(
+                f"{path!r} is not a readable safetensors file (corrupt or truncated?): {err}"
+            ) from err
     else:
         try:
             obj = torch.load(path, map_location="cpu", weights_only=True)
@@ -56,21 +150,16 @@ def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
                 f"If you trust the file, re-save only its state dict. ({err})"
             ) from err
         except (RuntimeError, EOFError, ValueError, zipfile.BadZipFile) as err:
-            raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint (corrupt or truncated?): {err}") from err
-    for key in _WRAPPER_KEYS:
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-            break
-    if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
-        raise CheckpointError(f"{path!r} holds no state dict (looked under {_WRAPPER_KEYS}); top level: {keys}")
+            raise CheckpointError(
+                f"{path!r} is not a readable PyTorch checkpoint (corrupt or truncated?): {err}"
+            ) from err
     return obj
 
 
 def _strip_prefixes(sd: Dict[str, torch.Tensor], model_keys) -> Dict[str, torch.Tensor]:
     for prefix in _PREFIXES:
         if not set(sd) & set(model_keys) and all(k.startswith(prefix) for k in sd):
-            sd = {k[len(prefix):]: v for k, v in sd.items()}
+            sd = {k[len(prefix) :]: v for k, v in sd.items()}
     return sd
 
 
@@ -91,30 +180,29 @@ def _matching_zoo_models(keys) -> list:
 def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
     """Load ``path`` into ``model`` strictly, tolerating what is harmless and naming what is not.
 
-    Tolerated: wrapper dicts (``model`` / ``state_dict``), ``module.``-style prefixes, missing BN
+    Tolerated: wrapper dicts (``model`` / ``state_dict``), ``module.``-style prefixes, the one part of another KD
+    codebase's checkpoint that fits (``{"model": {"module.student.conv1.weight": ...}}``), missing BN
     ``num_batches_tracked`` (PyTorch 0.4-era checkpoints), an RGB first conv loaded into a 1-channel
     model (channels summed, as timm does for pretrained weights).
     """
-    sd = read_state_dict(path)
     own = model.state_dict()
-    sd = _strip_prefixes(sd, own)
-    for k, v in own.items():
-        if k.endswith("num_batches_tracked") and k not in sd:
-            sd[k] = v.clone()
-    first_conv = (getattr(model, "pretrained_cfg", None) or {}).get("first_conv")
-    wkey = f"{first_conv}.weight" if first_conv else None
-    if wkey in sd and wkey in own and sd[wkey].shape[1] != own[wkey].shape[1] and sd[wkey].ndim == 4:
-        from timm.models import adapt_input_conv
-
-        sd[wkey] = adapt_input_conv(own[wkey].shape[1], sd[wkey])
-    missing = [k for k in own if k not in sd]
-    unexpected = [k for k in sd if k not in own]
-    shapes = [f"{k}: checkpoint {tuple(sd[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in own if k in sd and sd[k].shape != own[k].shape]
+    sd = _prepare(read_state_dict(path), own, model)
+    missing, unexpected, shapes = _problems(sd, own)
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    if (missing or unexpected) and (picked := _pick_candidate(path, model, arch)) is not None:
+        sd, missing, unexpected, shapes = picked, [], [], []  # another codebase's layout: the part that fits
     if missing or unexpected or shapes:
-        arch = getattr(model, "pretrained_cfg", {}).get("architecture", type(model).__name__)
-        head = {f"{n}.weight" for n in [(model.pretrained_cfg or {}).get("classifier")] if n} if hasattr(model, "pretrained_cfg") else set()
-        if not missing and not unexpected and shapes and all(s.split(":")[0] in head | {h[:-6] + "bias" for h in head} for s in shapes):
+        head = (
+            {f"{n}.weight" for n in [(model.pretrained_cfg or {}).get("classifier")] if n}
+            if hasattr(model, "pretrained_cfg")
+            else set()
+        )
+        if (
+            not missing
+            and not unexpected
+            and shapes
+            and all(s.split(":")[0] in head | {h[:-6] + "bias" for h in head} for s in shapes)
+        ):
             n_ckpt = sd[next(iter(head))].shape[0]
             raise CheckpointError(
                 f"class-count mismatch: {path!r} has a {n_ckpt}-class classifier, the {arch} model was built with "
@@ -122,13 +210,18 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
                 "trained on your label set."
             )
         lines = [f"checkpoint {path!r} does not fit {arch}:"]
-        for title, items in (("missing from the checkpoint", missing), ("not in the model", unexpected),
-                             ("shape mismatch", shapes)):
+        for title, items in (
+            ("missing from the checkpoint", missing),
+            ("not in the model", unexpected),
+            ("shape mismatch", shapes),
+        ):
             if items:
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
         zoo = _matching_zoo_models(sd.keys())
         if zoo:
             lines.append(f"  its keys match the CIFAR-zoo architecture(s): {', '.join(zoo)}")
+        lines.append("  no part of it fits (prefixes module. / student. / model. and nested dicts were tried):")
+        lines.append(_candidates_summary(path, model))
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=True)
     return model
@@ -166,6 +259,7 @@ def _load_directory(path: str) -> nn.Module:
         backbone.pretrained_cfg = {
             **(backbone.pretrained_cfg or {}),
             "input_size": (c.num_channels, c.image_size, c.image_size),
+            "label_names": [c.id2label[i] for i in range(c.num_labels)],
             **({"mean": tuple(c.image_mean), "std": tuple(c.image_std)} if c.image_mean and c.image_std else {}),
         }
         return backbone
@@ -176,7 +270,31 @@ def _load_directory(path: str) -> nn.Module:
         from transformers import TimmWrapperForImageClassification
 
         return TimmWrapperForImageClassification.from_pretrained(path).timm_model
-    raise ValueError(f"{path!r}: config.json has neither model_type 'mkcd_student' nor a timm 'architecture'")
+    return _load_transformers_classifier(path, cfg)
+
+
+def _load_transformers_classifier(path: str, cfg: dict) -> nn.Module:
+    """A transformers image classifier saved with ``save_pretrained`` (ViT, ResNet, ConvNeXt, Swin...), behind
+    timm's interface; its image processor, if saved beside it, gives the input size and normalisation."""
+    from transformers import AutoConfig, AutoImageProcessor, AutoModelForImageClassification
+
+    from .teacher import TransformersTeacher
+
+    model_type = cfg.get("model_type")
+    try:
+        config = AutoConfig.from_pretrained(path)
+        model = AutoModelForImageClassification.from_pretrained(path, config=config)
+    except (ValueError, KeyError, OSError) as err:
+        raise ValueError(
+            f"{path!r}: config.json (model_type {model_type!r}) is neither an hf_mkcd student, a timm model, nor a "
+            f"transformers image classifier that AutoModelForImageClassification loads ({type(err).__name__}: "
+            f"{str(err)[:200]})"
+        ) from err
+    try:
+        processor = AutoImageProcessor.from_pretrained(path)
+    except (OSError, ValueError, KeyError):  # no preprocessor_config.json: sizes from the config, stats measured
+        processor = None
+    return TransformersTeacher(model, processor)
 
 
 def _load_from_hub(repo_id: str) -> nn.Module:
@@ -184,7 +302,6 @@ def _load_from_hub(repo_id: str) -> nn.Module:
     cannot be reached."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
-
 
     patterns = ["*.json", "*.safetensors", "*.py"]
     try:
@@ -199,18 +316,32 @@ def _load_from_hub(repo_id: str) -> nn.Module:
         raise HubUnavailableError(
             f"teacher {repo_id!r} is not a local path, not in the local cache, and the Hugging Face Hub cannot be "
             f"reached ({unreachable_reason()}; {type(err).__name__}). Offline, pass a local directory saved by "
-            "hf_mkcd/transformers/timm, or a timm / CIFAR-zoo name with a checkpoint file (--teacher_checkpoint path.pth)."
+            "hf_mkcd/transformers/timm, or a timm / CIFAR-zoo name with a checkpoint file (--teacher_checkpoint "
+            "path.pth)."
         ) from err
     return _load_directory(local)
 
 
-def load_teacher(name_or_path: str, checkpoint: Optional[str] = None, num_classes: Optional[int] = None,
-                 allow_random_init: bool = False, **model_kwargs) -> nn.Module:
+def load_teacher(
+    name_or_path: str,
+    checkpoint: Optional[str] = None,
+    num_classes: Optional[int] = None,
+    allow_random_init: bool = False,
+    **model_kwargs,
+) -> nn.Module:
     """Return a frozen timm classifier (eval mode, ``requires_grad=False``).
 
     Raises before anything trains if the teacher's classifier predicts a different number of classes
     than ``num_classes`` (the dataset's).
     """
+    from .data import looks_like_path
+
+    if looks_like_path(name_or_path) and not os.path.exists(os.path.expanduser(name_or_path)):
+        raise FileNotFoundError(
+            f"teacher {name_or_path!r} does not exist: give a directory saved by hf_mkcd / transformers / timm, a timm "
+            "or CIFAR-zoo name with --teacher_checkpoint, or a Hub id (org/name)"
+        )
+    name_or_path = os.path.expanduser(name_or_path)
     if os.path.isdir(name_or_path):
         teacher = _load_directory(name_or_path)
     elif timm.is_model(name_or_path):
@@ -227,12 +358,16 @@ def load_teacher(name_or_path: str, checkpoint: Optional[str] = None, num_classe
         if checkpoint is not None:
             load_state_dict_file(teacher, checkpoint)
     elif os.path.isfile(name_or_path):
-        raise ValueError(f"{name_or_path!r} is a file: give the architecture as the teacher and the file as its checkpoint")
+        raise ValueError(
+            f"{name_or_path!r} is a file: give the architecture as the teacher and the file as its checkpoint"
+        )
     elif "/" in name_or_path and ":" not in name_or_path and not name_or_path.startswith((".", "/")):
         teacher = _load_from_hub(name_or_path)
     else:
         create_timm_model(name_or_path)  # raises with close matches
         raise AssertionError("unreachable")
     if num_classes is not None and hasattr(teacher, "get_classifier"):
-        check_num_classes(**{f"teacher {name_or_path!r}": teacher_linear_head(teacher).out_features, "dataset": num_classes})
+        check_num_classes(
+            **{f"teacher {name_or_path!r}": teacher_linear_head(teacher).out_features, "dataset": num_classes}
+        )
     return teacher.eval().requires_grad_(False)

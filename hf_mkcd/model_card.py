@@ -6,6 +6,7 @@ the end of the run) from the output directory, draws ``training_curves.png`` fro
 renders ``model_cards/student.md`` through huggingface_hub's ``ModelCard.from_template``. The metadata's
 ``model-index`` carries top-1 (``accuracy``) and top-5 on the evaluation split, which the Hub parses.
 """
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,10 @@ TEMPLATES = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file_
 PACKAGE_TEMPLATES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "card_templates")
 INFO_NAME = "distillation_info.json"
 CURVES_NAME = "training_curves.png"
-LIBRARY_BIBTEX = ("@software{hf_mkcd,\n  title={hf_mkcd: knowledge distillation of image classifiers, Hugging Face-native},\n"
-                  "  year={2026}\n}")
+LIBRARY_BIBTEX = (
+    "@software{hf_mkcd,\n  title={hf_mkcd: knowledge distillation of image classifiers, Hugging Face-native},\n"
+    "  year={2026}\n}"
+)
 
 
 def template(name: str) -> str:
@@ -46,7 +49,7 @@ def count_mflops(module, x) -> float:
     return counter.get_total_flops() / 2e6
 
 
-def distillation_info(trainer, model_args, data_args) -> dict:
+def distillation_info(trainer, model_args, data_args, data=None) -> dict:
     """What a card needs that the run's other files do not hold: sizes and costs, measured here."""
     from .distillers.base import get_distiller_class
 
@@ -63,29 +66,49 @@ def distillation_info(trainer, model_args, data_args) -> dict:
             return self.model(pixel_values=x).logits
 
     info = {
-        "method": trainer.args.method, "method_paper": get_distiller_class(trainer.args.method).paper,
+        "method": trainer.args.method,
+        "method_paper": get_distiller_class(trainer.args.method).paper,
         "hparams": {k: v for k, v in trainer.distiller.hparams.items()},
         "temperature": repr(trainer.distiller.temperature) if trainer.distiller.temperature is not None else None,
-        "student": {"architecture": cfg.backbone, "params": sum(p.numel() for p in student.parameters())
-                    + sum(b.numel() for n, b in student.named_buffers() if n.startswith("classifier.")),
-                    "mflops": count_mflops(Logits(student), size)},
-        "projector": {"name": cfg.projector, "options": cfg.projector_kwargs,
-                      "params": sum(p.numel() for p in student.projector.parameters()) if student.projector is not None else 0},
-        "head": cfg.head, "dataset": data_args.dataset_name,
-        "eval_split": f"validation ({data_args.validation_samples} of {data_args.train_split})" if data_args.validation_samples
-        else (data_args.eval_split or "test"),
+        "student": {
+            "architecture": cfg.backbone,
+            "params": sum(p.numel() for p in student.parameters())
+            + sum(b.numel() for n, b in student.named_buffers() if n.startswith("classifier.")),
+            "mflops": count_mflops(Logits(student), size),
+        },
+        "projector": {
+            "name": cfg.projector,
+            "options": cfg.projector_kwargs,
+            "params": sum(p.numel() for p in student.projector.parameters()) if student.projector is not None else 0,
+        },
+        "head": cfg.head,
+        "dataset": data_args.dataset_name,
+        "eval_set": data.eval_description if data is not None else None,
+        "eval_split": data.eval_split if data is not None else (data_args.eval_split or "validation"),
     }
     if trainer.teacher is not None:
         teacher_dir = model_args.teacher_model_name_or_path
         cfg = getattr(trainer.teacher, "pretrained_cfg", None) or {}
-        info["teacher"] = {"name": teacher_dir, "architecture": cfg.get("architecture") or type(trainer.teacher).__name__,
-                           "params": sum(p.numel() for p in trainer.teacher.parameters()),
-                           "mflops": count_mflops(trainer.teacher, (trainer._teacher_in_chans, *size[1:]))}
+        info["teacher"] = {
+            "name": teacher_dir,
+            "architecture": cfg.get("architecture") or type(trainer.teacher).__name__,
+            "params": sum(p.numel() for p in trainer.teacher.parameters()),
+            "mflops": count_mflops(trainer.teacher, (trainer._teacher_in_chans, *size[1:])),
+        }
         results = os.path.join(teacher_dir, "all_results.json") if teacher_dir and os.path.isdir(teacher_dir) else None
         if results and os.path.isfile(results):
             with open(results) as f:
                 teacher_results = json.load(f)
-            info["teacher"].update({k: teacher_results[k] for k in ("eval_top1", "eval_top5", "eval_samples") if k in teacher_results})
+            info["teacher"].update(  # what the teacher's own run recorded, on its own evaluation set
+                {
+                    f"recorded_{k[5:]}": teacher_results[k]
+                    for k in ("eval_top1", "eval_top5", "eval_samples")
+                    if k in teacher_results
+                }
+            )
+        check = getattr(trainer, "teacher_check", None)
+        if check is not None:  # measured here, before training, on this run's held-out images
+            info["teacher"]["check"] = check.as_dict()
     return info
 
 
@@ -157,8 +180,9 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None,
-                 license: str = "apache-2.0"):
+def student_card(
+    output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None, license: str = "apache-2.0"
+):
     """The model card of a finished distillation run (``huggingface_hub.ModelCard``)."""
     from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
@@ -169,70 +193,164 @@ def student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Op
     config = _read(output_dir, "config.json")
     run_config = _read(output_dir, "run_config.yaml", yaml.safe_load)
     if not (results and info and config and run_config):
-        raise ValueError(f"{output_dir!r} is not a finished hf_mkcd run (all_results.json, {INFO_NAME}, config.json and "
-                         "run_config.yaml are needed)")
+        raise ValueError(
+            f"{output_dir!r} is not a finished hf_mkcd run (all_results.json, {INFO_NAME}, config.json and "
+            "run_config.yaml are needed)"
+        )
     method = get_distiller_class(info["method"])
     repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
     dataset = info["dataset"]
     teacher = info.get("teacher") or {}
-    teacher_repo = teacher.get("name") if teacher.get("name") and "/" in teacher["name"] and not os.path.exists(teacher["name"]) else None
+    teacher_repo = (
+        teacher.get("name")
+        if teacher.get("name") and "/" in teacher["name"] and not os.path.exists(teacher["name"])
+        else None
+    )
     teacher_label = teacher.get("name", "(none)")
-    if teacher and not teacher_repo and os.path.isdir(teacher_label):  # a local directory: its path means nothing elsewhere
-        teacher_label = f"{teacher.get('architecture') or 'teacher'} (trained locally: {os.path.basename(os.path.normpath(teacher_label))}/)"
-    eval_results = [EvalResult(task_type="image-classification", task_name="Image Classification", dataset_type=dataset,
-                               dataset_name=dataset, dataset_split=info["eval_split"], metric_type="accuracy",
-                               metric_name="top-1 accuracy", metric_value=round(results["eval_top1"], 6))]
+    if (
+        teacher and not teacher_repo and os.path.isdir(teacher_label)
+    ):  # a local directory: its path means nothing elsewhere
+        local_name = os.path.basename(os.path.normpath(teacher_label))
+        teacher_label = f"{teacher.get('architecture') or 'teacher'} (trained locally: {local_name}/)"
+    eval_results = [
+        EvalResult(
+            task_type="image-classification",
+            task_name="Image Classification",
+            dataset_type=dataset,
+            dataset_name=dataset,
+            dataset_split=info["eval_split"],
+            metric_type="accuracy",
+            metric_name="top-1 accuracy",
+            metric_value=round(results["eval_top1"], 6),
+        )
+    ]
     if "eval_top5" in results:
-        eval_results.append(EvalResult(task_type="image-classification", task_name="Image Classification",
-                                       dataset_type=dataset, dataset_name=dataset, dataset_split=info["eval_split"],
-                                       metric_type="top_5_accuracy", metric_name="top-5 accuracy",
-                                       metric_value=round(results["eval_top5"], 6)))
+        eval_results.append(
+            EvalResult(
+                task_type="image-classification",
+                task_name="Image Classification",
+                dataset_type=dataset,
+                dataset_name=dataset,
+                dataset_split=info["eval_split"],
+                metric_type="top_5_accuracy",
+                metric_name="top-5 accuracy",
+                metric_value=round(results["eval_top5"], 6),
+            )
+        )
     card_data = ModelCardData(
-        library_name="transformers", pipeline_tag="image-classification", license=license, model_name=repo_id,
+        library_name="transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        model_name=repo_id,
         tags=["knowledge-distillation", info["method"], "hf_mkcd", "timm", "image-classification"],
         datasets=[dataset] if "/" in dataset and not os.path.exists(dataset) else None,
-        base_model=teacher_repo, metrics=["accuracy"], eval_results=eval_results)
-    rows = [{"name": f"`{info['student']['architecture']}` (this model)", "role": f"student, {info['method']}",
-             "top1": _pct(results.get("eval_top1")), "top5": _pct(results.get("eval_top5")),
-             "params": f"{info['student']['params']:,}", "mflops": f"{info['student']['mflops']:.1f}"}]
+        base_model=teacher_repo,
+        metrics=["accuracy"],
+        eval_results=eval_results,
+    )
+    rows = [
+        {
+            "name": f"`{info['student']['architecture']}` (this model)",
+            "role": f"student, {info['method']}",
+            "top1": _pct(results.get("eval_top1")),
+            "top5": _pct(results.get("eval_top5")),
+            "params": f"{info['student']['params']:,}",
+            "mflops": f"{info['student']['mflops']:.1f}",
+        }
+    ]
     if teacher:
-        own_eval = teacher.get("eval_samples") not in (None, results.get("eval_samples"))
-        role = f"teacher (its own evaluation, {teacher['eval_samples']} images)" if own_eval else "teacher"
-        rows.append({"name": f"`{teacher_label}`", "role": role, "top1": _pct(teacher.get("eval_top1")),
-                     "top5": _pct(teacher.get("eval_top5")), "params": f"{teacher['params']:,}",
-                     "mflops": f"{teacher['mflops']:.1f}"})
-    note = "" if teacher.get("eval_top1") is not None else "The teacher's accuracy is not recorded with it (–)."
+        check = teacher.get("check")
+        if check:  # measured on this run's data before training: the figure that tells what the student learnt from
+            role = f"teacher (measured before training on {check['samples']:,} of these evaluation images)"
+            top1, top5 = check["top1"], None
+        else:
+            role = (
+                f"teacher (its own evaluation, {teacher['recorded_samples']:,} images)"
+                if teacher.get("recorded_samples")
+                else "teacher"
+            )
+            top1, top5 = teacher.get("recorded_top1"), teacher.get("recorded_top5")
+        rows.append(
+            {
+                "name": f"`{teacher_label}`",
+                "role": role,
+                "top1": _pct(top1),
+                "top5": _pct(top5),
+                "params": f"{teacher['params']:,}",
+                "mflops": f"{teacher['mflops']:.1f}",
+            }
+        )
+    note = (
+        ""
+        if (teacher.get("check") or teacher.get("recorded_top1") is not None)
+        else ("The teacher's accuracy was neither measured (--skip_teacher_check) nor recorded with it (–).")
+    )
     if vanilla_dir:
         vanilla = _read(vanilla_dir, "all_results.json") or {}
         vinfo = _read(vanilla_dir, INFO_NAME) or {}
-        rows.append({"name": f"`{info['student']['architecture']}`", "role": "vanilla student (no teacher, same budget)",
-                     "top1": _pct(vanilla.get("eval_top1")), "top5": _pct(vanilla.get("eval_top5")),
-                     "params": f"{(vinfo.get('student') or {}).get('params', 0):,}",
-                     "mflops": f"{(vinfo.get('student') or {}).get('mflops', 0):.1f}"})
+        rows.append(
+            {
+                "name": f"`{info['student']['architecture']}`",
+                "role": "vanilla student (no teacher, same budget)",
+                "top1": _pct(vanilla.get("eval_top1")),
+                "top5": _pct(vanilla.get("eval_top5")),
+                "params": f"{(vinfo.get('student') or {}).get('params', 0):,}",
+                "mflops": f"{(vinfo.get('student') or {}).get('mflops', 0):.1f}",
+            }
+        )
     curves = training_curves(output_dir)
     epochs = run_config.get("num_train_epochs")
-    training = (f"{epochs:g} epochs" if run_config.get("max_steps", -1) in (-1, None) else f"{run_config['max_steps']} steps") \
-        + f", batch {run_config.get('per_device_train_batch_size')} per device, {run_config.get('optim')} " \
-          f"({run_config.get('optim_args')}), LR {run_config.get('learning_rate')} ({run_config.get('lr_scheduler_type')}" \
-        + (f", x{run_config.get('lr_decay_rate')} after epochs {run_config.get('lr_decay_epochs')}" if run_config.get("lr_decay_epochs") else "") \
-        + f"), weight decay {run_config.get('weight_decay')}, augmentation {run_config.get('augmentation')}, seed {run_config.get('seed')}"
-    citations = "\n\n".join(b for b in (method.bibtex, get_distiller_class("mkcd").bibtex if info["method"] != "mkcd" else "",
-                                        LIBRARY_BIBTEX) if b)
+    training = (
+        (f"{epochs:g} epochs" if run_config.get("max_steps", -1) in (-1, None) else f"{run_config['max_steps']} steps")
+        + f", batch {run_config.get('per_device_train_batch_size')} per device, {run_config.get('optim')} "
+        f"({run_config.get('optim_args')}), LR {run_config.get('learning_rate')} ({run_config.get('lr_scheduler_type')}"
+        + (
+            f", x{run_config.get('lr_decay_rate')} after epochs {run_config.get('lr_decay_epochs')}"
+            if run_config.get("lr_decay_epochs")
+            else ""
+        )
+        + f"), weight decay {run_config.get('weight_decay')}, augmentation {run_config.get('augmentation')}, seed "
+        f"{run_config.get('seed')}"
+    )
+    citations = "\n\n".join(
+        b
+        for b in (method.bibtex, get_distiller_class("mkcd").bibtex if info["method"] != "mkcd" else "", LIBRARY_BIBTEX)
+        if b
+    )
     with open(os.path.join(output_dir, "run_config.yaml")) as f:
         run_config_text = f.read()
     return ModelCard.from_template(
-        card_data, template_str=template("student"), model_name=repo_id, repo_id=repo_id,
-        student_arch=info["student"]["architecture"], teacher_name=teacher_label,
-        teacher_params=f"{teacher.get('params', 0):,}", method=info["method"], method_name=info["method"].upper(),
-        method_paper=method.paper, method_summary=_first_sentence(sys.modules[method.__module__].__doc__) or method.paper,
-        dataset=dataset, num_labels=config.get("num_labels", len(config.get("id2label", {}))),
-        image_size=config.get("image_size"), num_channels=config.get("num_channels"), eval_split=info["eval_split"],
-        eval_samples=results.get("eval_samples"), results=rows, results_note=note,
-        hparams=", ".join(f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in info["hparams"].items()),
-        temperature=info.get("temperature") or "not used by this method", projector=info["projector"]["name"],
-        projector_params=f"{info['projector']['params']:,}", projector_options=_projector_options(info["projector"]),
-        head=info["head"], training_summary=training, run_config=run_config_text.strip(),
-        curves_file=os.path.basename(curves) if curves else CURVES_NAME, citations=citations)
+        card_data,
+        template_str=template("student"),
+        model_name=repo_id,
+        repo_id=repo_id,
+        student_arch=info["student"]["architecture"],
+        teacher_name=teacher_label,
+        teacher_params=f"{teacher.get('params', 0):,}",
+        method=info["method"],
+        method_name=info["method"].upper(),
+        method_paper=method.paper,
+        method_summary=_first_sentence(sys.modules[method.__module__].__doc__) or method.paper,
+        dataset=dataset,
+        num_labels=config.get("num_labels", len(config.get("id2label", {}))),
+        image_size=config.get("image_size"),
+        num_channels=config.get("num_channels"),
+        eval_set=info.get("eval_set") or f"{info['eval_split']}, {results.get('eval_samples')} images",
+        results=rows,
+        results_note=note,
+        hparams=", ".join(
+            f"{k} {v:g}" if isinstance(v, (int, float)) else f"{k} {v}" for k, v in info["hparams"].items()
+        ),
+        temperature=info.get("temperature") or "not used by this method",
+        projector=info["projector"]["name"],
+        projector_params=f"{info['projector']['params']:,}",
+        projector_options=_projector_options(info["projector"]),
+        head=info["head"],
+        training_summary=training,
+        run_config=run_config_text.strip(),
+        curves_file=os.path.basename(curves) if curves else CURVES_NAME,
+        citations=citations,
+    )
 
 
 def write_student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None) -> str:

@@ -3,6 +3,7 @@
 Config precedence: dataclass defaults < a YAML/JSON file given as the first argument < command-line
 flags; unknown keys are refused; the resolved config is written to ``<output_dir>/run_config.yaml``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,9 @@ from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
-from .hub import hub_reachable, unreachable_reason
+from .hub import HubUnavailableError, hub_reachable, unreachable_reason
 from .model_card import INFO_NAME, distillation_info
+from .preflight import check_teacher
 from .callbacks import check_finite_metrics
 from .run_dir import RunDirectory, find_resumable_checkpoint, fsync_tree, run_fingerprint
 from .teacher_cache import tensor_hash
@@ -44,15 +46,54 @@ class ModelArguments:
     not take is refused.
     """
 
-    model_name_or_path: str = field(default="cifar_resnet8x4", metadata={"help": "timm architecture of the student (e.g. cifar_resnet8x4, resnet18)."})
-    teacher_model_name_or_path: Optional[str] = field(default=None, metadata={"help": "Teacher: a saved directory, a timm / CIFAR-zoo name (with --teacher_checkpoint) or a Hub id."})
-    teacher_checkpoint: Optional[str] = field(default=None, metadata={"help": "Teacher weights for a timm name: community .pth ('model'/'state_dict') or .safetensors."})
-    projector: Optional[str] = field(default=None, metadata={"help": "Student projector: mkcd, simkd, identity, srrl, or none (default: the method's)."})
-    head: Optional[str] = field(default=None, metadata={"help": "Student head: teacher (the teacher's frozen classifier) or student (default: the method's)."})
-    projector_factor: Optional[int] = field(default=None, metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default: 4 for mkcd, 2 for simkd)."})
-    projector_latent_ratio: Optional[int] = field(default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."})
-    projector_skip: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: add a 1x1 conv shortcut (default false)."})
-    projector_residual: Optional[bool] = field(default=None, metadata={"help": "mkcd projector: the encoder-decoder corrects an identity shortcut (a 1x1 conv where channels differ), starting at zero."})
+    model_name_or_path: str = field(
+        default="cifar_resnet8x4",
+        metadata={"help": "timm architecture of the student (e.g. cifar_resnet8x4, resnet18)."},
+    )
+    teacher_model_name_or_path: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Teacher: a saved directory, a timm / CIFAR-zoo name (with --teacher_checkpoint) or a Hub id."
+        },
+    )
+    teacher_checkpoint: Optional[str] = field(
+        default=None,
+        metadata={"help": "Teacher weights for a timm name: community .pth ('model'/'state_dict') or .safetensors."},
+    )
+    projector: Optional[str] = field(
+        default=None,
+        metadata={"help": "Student projector: mkcd, simkd, identity, srrl, or none (default: the method's)."},
+    )
+    head: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Student head: teacher (the teacher's frozen classifier) or student (default: the method's)."
+        },
+    )
+    projector_factor: Optional[int] = field(
+        default=None,
+        metadata={"help": "mkcd/simkd projector width: m = C_teacher / factor (default: 4 for mkcd, 2 for simkd)."},
+    )
+    projector_latent_ratio: Optional[int] = field(
+        default=None, metadata={"help": "mkcd projector latent: m / ratio channels (default 2)."}
+    )
+    projector_skip: Optional[bool] = field(
+        default=None, metadata={"help": "mkcd projector: add a 1x1 conv shortcut (default false)."}
+    )
+    projector_residual: Optional[bool] = field(
+        default=None,
+        metadata={
+            "help": "mkcd projector: the encoder-decoder corrects an identity shortcut (a 1x1 conv where channels "
+            "differ), starting at zero."
+        },
+    )
+    skip_teacher_check: bool = field(
+        default=False,
+        metadata={
+            "help": "Train even if the teacher scores no better than guessing on held-out images before training "
+            "(by default such a run stops, naming the causes found: class order, input size, normalisation, channels)."
+        },
+    )
 
     def __post_init__(self):
         # a recipe's value can be cleared from the command line: --teacher_checkpoint none
@@ -61,9 +102,44 @@ class ModelArguments:
 
     def projector_kwargs(self) -> dict:
         """The projector options set by the user (unset ones keep the projector's own defaults)."""
-        given = {"factor": self.projector_factor, "latent_ratio": self.projector_latent_ratio, "skip": self.projector_skip,
-                 "residual": self.projector_residual}
+        given = {
+            "factor": self.projector_factor,
+            "latent_ratio": self.projector_latent_ratio,
+            "skip": self.projector_skip,
+            "residual": self.projector_residual,
+        }
         return {k: v for k, v in given.items() if v is not None}
+
+
+# failures a user can fix from the message alone: said in one line, without a traceback
+USER_ERRORS = (ValueError, OSError, FloatingPointError, HubUnavailableError, ImportError)
+
+
+def main_guard(main, argv=None) -> int:
+    """Run a script's ``main``; a failure ends with its cause and what to do as the last printed line.
+
+    The errors hf_mkcd raises for bad input (a missing path, a mismatch, an offline Hub id, a diverged run...) print
+    only ``error: <message>``; anything else prints its traceback first (a bug: please report it). With
+    ``HF_MKCD_TRACEBACK=1`` every error prints its traceback. Under ``accelerate launch`` only the main process
+    prints it (every process meets the same error)."""
+    import traceback
+
+    try:
+        result = main(argv)
+        return result if isinstance(result, int) else 0
+    except KeyboardInterrupt:
+        raise
+    except Exception as err:
+        if os.environ.get("RANK", "0") != "0":
+            return 1
+        if not isinstance(err, USER_ERRORS) or os.environ.get("HF_MKCD_TRACEBACK") == "1":
+            traceback.print_exc()
+        message = str(err).strip() or type(err).__name__
+        if not isinstance(err, USER_ERRORS):
+            message = f"{type(err).__name__}: {message} (unexpected: the traceback above says where; please report it)"
+        sys.stderr.flush()
+        print(f"error: {message}", file=sys.stderr, flush=True)
+        return 1
 
 
 def mapping_to_argv(mapping: dict) -> list:
@@ -86,9 +162,13 @@ def build_parser(dataclass_types, description: Optional[str] = None) -> HfArgume
     """HfArgumentParser whose ``--help`` shows what a user sets first: the distillation settings, then the model and
     the data, then the rest of ``transformers.TrainingArguments`` (parsing is unchanged)."""
     prog = os.path.basename(sys.argv[0]) or "hf_mkcd"
-    parser = HfArgumentParser(dataclass_types, allow_abbrev=False, description=description,  # a recipe key must
-                              formatter_class=argparse.RawDescriptionHelpFormatter,        # name a flag exactly
-                              usage=f"{prog} [RECIPE.yaml] [--flag value ...]   (flags override the recipe)")
+    parser = HfArgumentParser(
+        dataclass_types,
+        allow_abbrev=False,
+        description=description,  # a recipe key must
+        formatter_class=argparse.RawDescriptionHelpFormatter,  # name a flag exactly
+        usage=f"{prog} [RECIPE.yaml] [--flag value ...]   (flags override the recipe)",
+    )
     from transformers import TrainingArguments
 
     inherited = {f.name for f in dataclasses.fields(TrainingArguments)}
@@ -98,8 +178,12 @@ def build_parser(dataclass_types, description: Optional[str] = None) -> HfArgume
         if issubclass(dtype, TrainingArguments):
             added = [n for n in own if n not in inherited]
             titles.append((f"distillation ({dtype.__name__})", added))
-            titles.append(("recipe defaults changed from transformers' (CIFAR-100 recipe)",
-                           [n for n in own if n in inherited and n in vars(dtype).get("__annotations__", {})]))
+            titles.append(
+                (
+                    "recipe defaults changed from transformers' (CIFAR-100 recipe)",
+                    [n for n in own if n in inherited and n in vars(dtype).get("__annotations__", {})],
+                )
+            )
         else:
             titles.append((f"{dtype.__name__.replace('Arguments', '').lower()} ({dtype.__name__})", own))
     general = parser._optionals
@@ -116,8 +200,11 @@ def build_parser(dataclass_types, description: Optional[str] = None) -> HfArgume
         groups.append(group)
     general.title = "transformers.TrainingArguments (every flag works)"
     groups.sort(key=lambda g: not g.title.startswith("distillation"))  # the method first, then model and data
-    parser._action_groups = [g for g in groups if g._group_actions] + [general] + [
-        g for g in parser._action_groups if g is not general and g is not parser._positionals]
+    parser._action_groups = (
+        [g for g in groups if g._group_actions]
+        + [general]
+        + [g for g in parser._action_groups if g is not general and g is not parser._positionals]
+    )
     return parser
 
 
@@ -155,27 +242,45 @@ def setup_logging(should_log: bool) -> None:
         logger.propagate = False
 
 
-def build_student(model_args: ModelArguments, method, teacher, data, image_size: int) -> MKCDStudentForImageClassification:
+def build_student(
+    model_args: ModelArguments, method, teacher, data, image_size: int
+) -> MKCDStudentForImageClassification:
     """The student the method trains: its projector and head (or the ones asked for), built for the teacher."""
     projector = model_args.projector or method.projector
     projector = None if projector == "none" else projector
     head = model_args.head or method.head
     if teacher is None:
         if projector is not None or head != "student":
-            raise ValueError(f"a student trained without a teacher has no projector and its own head; got projector="
-                             f"{projector!r}, head={head!r}")
-        return MKCDStudentForImageClassification(MKCDStudentConfig(
-            backbone=model_args.model_name_or_path, id2label=data.id2label, num_channels=data.channels,
-            image_size=image_size, image_mean=list(data.mean), image_std=list(data.std),
-        ))
+            raise ValueError(
+                f"a student trained without a teacher has no projector and its own head; got projector="
+                f"{projector!r}, head={head!r}"
+            )
+        return MKCDStudentForImageClassification(
+            MKCDStudentConfig(
+                backbone=model_args.model_name_or_path,
+                id2label=data.id2label,
+                num_channels=data.channels,
+                image_size=image_size,
+                image_mean=list(data.mean),
+                image_std=list(data.std),
+            )
+        )
     kwargs = model_args.projector_kwargs()
     if kwargs and projector is None:
-        raise ValueError(f"projector options {sorted(kwargs)} were given, but method {method.name!r} trains a student "
-                         "without a projector (see --projector)")
+        raise ValueError(
+            f"projector options {sorted(kwargs)} were given, but method {method.name!r} trains a student "
+            "without a projector (see --projector)"
+        )
     return MKCDStudentForImageClassification.from_teacher(
-        teacher, model_args.model_name_or_path, projector=projector, head=head,
-        projector_kwargs=kwargs if projector else None, id2label=data.id2label,
-        image_size=image_size, image_mean=data.mean, image_std=data.std,
+        teacher,
+        model_args.model_name_or_path,
+        projector=projector,
+        head=head,
+        projector_kwargs=kwargs if projector else None,
+        id2label=data.id2label,
+        image_size=image_size,
+        image_mean=data.mean,
+        image_std=data.std,
         teacher_name=model_args.teacher_model_name_or_path,
     )
 
@@ -190,10 +295,25 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
         cfg = getattr(teacher, "pretrained_cfg", None) or {}
         image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
-        data = prepare_datasets(data_args, first_conv_in_channels(teacher), image_size, cfg.get("mean"), cfg.get("std"),
-                                views=method.views)
-        check_num_classes(**{f"teacher {model_args.teacher_model_name_or_path!r}": teacher_linear_head(teacher).out_features,
-                             f"dataset {data_args.dataset_name!r}": len(data.id2label)})
+        data = prepare_datasets(
+            data_args, first_conv_in_channels(teacher), image_size, cfg.get("mean"), cfg.get("std"), views=method.views
+        )
+        check_num_classes(
+            **{
+                f"teacher {model_args.teacher_model_name_or_path!r}": teacher_linear_head(teacher).out_features,
+                f"dataset {data_args.dataset_name!r}": len(data.id2label),
+            }
+        )
+        teacher_check = None
+        if not model_args.skip_teacher_check:  # meaning, not only shapes: class order and accuracy before training
+            teacher.to(training_args.device)
+            teacher_check = check_teacher(teacher, data, image_size, model_args.teacher_model_name_or_path)
+            logger.info(teacher_check.summary())
+            for finding in teacher_check.findings:
+                if not finding.startswith("class order"):  # the score shows the order is right
+                    logger.warning(f"teacher check: {finding}")
+        else:
+            logger.warning("--skip_teacher_check: the teacher's class order and accuracy on this data are not checked")
     else:
         check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
@@ -201,10 +321,32 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         data = prepare_datasets(data_args, None, image_size, views=method.views)  # channels: the images' own
     student = build_student(model_args, method, teacher, data, image_size)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
-        eval_dataset=data.eval, processing_class=student.image_processor(),
+        model=student,
+        teacher_model=teacher,
+        args=training_args,
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+        processing_class=student.image_processor(),
     )
+    if method.needs_teacher:
+        trainer.teacher_check = teacher_check
     return trainer, data
+
+
+def write_card(output_dir: str, repo_id: Optional[str] = None) -> None:
+    """The model card (``README.md`` + training curves) of a finished run, as transformers' example scripts write
+    one at the end of every run, pushed or not; the push re-renders it. A card that cannot be written is said, and
+    costs the run nothing."""
+    from .model_card import write_student_card
+
+    try:
+        path = write_student_card(output_dir, repo_id)
+        logger.info(f"model card: {path}")
+    except Exception as err:  # the weights and results are saved; a card can be made later (push_to_hub.py --card_only)
+        logger.warning(
+            f"the model card could not be written ({type(err).__name__}: {err}); "
+            f"scripts/push_to_hub.py {output_dir} --card_only writes it later"
+        )
 
 
 def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> None:
@@ -235,15 +377,21 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     trainer, data = build(model_args, data_args, training_args)
     output_dir = training_args.output_dir
     teacher_hash = tensor_hash(trainer.teacher.state_dict()) if trainer.teacher is not None else None
-    run_dir = RunDirectory(output_dir, run_fingerprint(model_args, data_args, training_args, teacher_hash),
-                           is_main=training_args.should_save)
-    decision = run_dir.decide(training_args.overwrite_output_dir, training_args.resume_from_checkpoint,
-                              training_args.allow_changes)  # every process decides before anything is written
+    run_dir = RunDirectory(
+        output_dir,
+        run_fingerprint(model_args, data_args, training_args, teacher_hash),
+        is_main=training_args.should_save,
+    )
+    decision = run_dir.decide(
+        training_args.overwrite_output_dir, training_args.resume_from_checkpoint, training_args.allow_changes
+    )  # every process decides before anything is written
     trainer.accelerator.wait_for_everyone()
     run_dir.lock()
     if training_args.push_to_hub and training_args.should_save and not hub_reachable():
-        logger.warning(f"--push_to_hub: the Hub cannot be reached now ({unreachable_reason()}); the run trains and saves "
-                       "locally, and the push at the end will fail unless the Hub is back (scripts/push_to_hub.py later)")
+        logger.warning(
+            f"--push_to_hub: the Hub cannot be reached now ({unreachable_reason()}); the run trains and saves "
+            "locally, and the push at the end will fail unless the Hub is back (scripts/push_to_hub.py later)"
+        )
     try:
         if decision == "finished":
             logger.info(f"{output_dir} holds this run, finished: nothing to do (--overwrite_output_dir to redo it)")
@@ -270,13 +418,15 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
             evaluation.update(trainer.evaluate(data.test, metric_key_prefix="test"), test_samples=len(data.test))
             check_finite_metrics(evaluation)
         if training_args.do_train:
-            save_final(trainer, output_dir, distillation_info(trainer, model_args, data_args))
+            save_final(trainer, output_dir, distillation_info(trainer, model_args, data_args, data))
             trainer.log_metrics("train", {k: v for k, v in results.items() if k.startswith("train")})
             trainer.save_metrics("train", results)
             trainer.save_state()
         results.update(evaluation)
         trainer.log_metrics("eval", evaluation)
         trainer.save_metrics("eval", evaluation)
+        if training_args.do_train and training_args.should_save:
+            write_card(output_dir, training_args.hub_model_id)
         run_dir.write_state("finished", results=results)
     except BaseException as err:
         run_dir.write_state("failed", error=f"{type(err).__name__}: {err}")

@@ -16,6 +16,7 @@ anything is written, :meth:`RunDirectory.open` decides:
 A lock file keeps a second process out of a directory in use; a lock left by a killed process on this
 host is detected and taken over. ``run_config.yaml`` and the state are written only after these checks.
 """
+
 from __future__ import annotations
 
 import datetime
@@ -38,15 +39,58 @@ DISTILLER_WEIGHTS_NAME = "distiller.safetensors"  # a method's own state, beside
 LOCK_NAME = ".hf_mkcd.lock"
 # settings that do not change what a run computes: they may differ between a run and its resumption
 NOT_FINGERPRINTED = {
-    "output_dir", "overwrite_output_dir", "resume_from_checkpoint", "allow_changes", "logging_steps", "logging_dir",
-    "logging_strategy", "logging_first_step", "logging_nan_inf_filter", "eval_strategy", "eval_steps", "save_strategy",
-    "save_steps", "save_total_limit", "save_only_model", "report_to", "disable_tqdm", "dataloader_num_workers",
-    "dataloader_pin_memory", "dataloader_persistent_workers", "dataloader_prefetch_factor", "teacher_cache",
-    "teacher_cache_dtype", "push_to_hub", "hub_model_id", "hub_private_repo", "hub_strategy", "hub_token",
-    "per_device_eval_batch_size", "eval_accumulation_steps", "run_name", "do_eval", "do_predict", "log_level",
-    "log_level_replica", "load_best_model_at_end", "metric_for_best_model", "greater_is_better", "include_for_metrics",
-    "max_eval_samples", "eval_split", "test_split", "local_rank", "ddp_backend", "ddp_timeout", "use_cpu", "do_train",
-    "dataloader_drop_last", "skip_memory_metrics", "include_num_input_tokens_seen", "hub_revision", "trackio_space_id",
+    "output_dir",
+    "overwrite_output_dir",
+    "resume_from_checkpoint",
+    "allow_changes",
+    "logging_steps",
+    "logging_dir",
+    "logging_strategy",
+    "logging_first_step",
+    "logging_nan_inf_filter",
+    "eval_strategy",
+    "eval_steps",
+    "save_strategy",
+    "save_steps",
+    "save_total_limit",
+    "save_only_model",
+    "report_to",
+    "disable_tqdm",
+    "dataloader_num_workers",
+    "dataloader_pin_memory",
+    "dataloader_persistent_workers",
+    "dataloader_prefetch_factor",
+    "teacher_cache",
+    "teacher_cache_dtype",
+    "push_to_hub",
+    "hub_model_id",
+    "hub_private_repo",
+    "hub_strategy",
+    "hub_token",
+    "per_device_eval_batch_size",
+    "eval_accumulation_steps",
+    "run_name",
+    "do_eval",
+    "do_predict",
+    "log_level",
+    "log_level_replica",
+    "load_best_model_at_end",
+    "metric_for_best_model",
+    "greater_is_better",
+    "include_for_metrics",
+    "max_eval_samples",
+    "eval_split",
+    "test_split",
+    "local_rank",
+    "ddp_backend",
+    "ddp_timeout",
+    "use_cpu",
+    "do_train",
+    "dataloader_drop_last",
+    "skip_memory_metrics",
+    "include_num_input_tokens_seen",
+    "hub_revision",
+    "trackio_space_id",
 }
 
 
@@ -104,8 +148,10 @@ class RunDirectory:
             with open(self.state_path) as f:
                 return json.load(f)
         except (OSError, json.JSONDecodeError) as err:
-            raise RunDirectoryError(f"{self.state_path} is unreadable ({err}): pass --overwrite_output_dir to start over, "
-                                    "or another --output_dir") from err
+            raise RunDirectoryError(
+                f"{self.state_path} is unreadable ({err}): pass --overwrite_output_dir to start over, "
+                "or another --output_dir"
+            ) from err
 
     def decide(self, overwrite: bool, resume_from_checkpoint: Optional[str], allow_changes: Iterable[str]) -> str:
         """``new``, ``resume``, ``finished`` or ``overwrite``; raises when the directory is not this run's."""
@@ -127,8 +173,10 @@ class RunDirectory:
             lines = [f"  {k}: {state['fingerprint'].get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed]
             raise RunDirectoryError(
                 f"{self.path!r} holds another run (status {state.get('status')!r}); this command differs in:\n"
-                + "\n".join(lines) + "\nWays out: a new --output_dir; --overwrite_output_dir to start over; or "
-                f"--resume_from_checkpoint {self.path}/checkpoint-N --allow_changes {' '.join(changed)} to continue that run "
+                + "\n".join(lines)
+                + "\nWays out: a new --output_dir; --overwrite_output_dir to start over; or "
+                f"--resume_from_checkpoint {self.path}/checkpoint-N --allow_changes {' '.join(changed)} to continue "
+                "that run "
                 "with these changes."
             )
         if changed:
@@ -142,7 +190,11 @@ class RunDirectory:
         if not self.is_main:
             return
         os.makedirs(self.path, exist_ok=True)
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": datetime.datetime.now().isoformat(timespec="seconds")}
+        me = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "since": datetime.datetime.now().isoformat(timespec="seconds"),
+        }
         for _ in range(2):
             try:
                 fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
@@ -192,8 +244,9 @@ class RunDirectory:
             return
         state = self.read_state() or {}
         state.update(extra)
-        state.update(status=status, fingerprint=self.fingerprint,
-                     updated=datetime.datetime.now().isoformat(timespec="seconds"))
+        state.update(
+            status=status, fingerprint=self.fingerprint, updated=datetime.datetime.now().isoformat(timespec="seconds")
+        )
         atomic_write_json(self.state_path, state)
 
 
@@ -251,7 +304,9 @@ def checkpoint_problem(path: str, save_only_model: bool = False) -> Optional[str
             json.load(f)["global_step"]
     except (OSError, ValueError, KeyError) as err:
         return f"trainer_state.json is missing or unreadable ({type(err).__name__})"
-    weights = ["model.safetensors"] + ([DISTILLER_WEIGHTS_NAME] if os.path.exists(os.path.join(path, DISTILLER_WEIGHTS_NAME)) else [])
+    weights = ["model.safetensors"] + (
+        [DISTILLER_WEIGHTS_NAME] if os.path.exists(os.path.join(path, DISTILLER_WEIGHTS_NAME)) else []
+    )
     for name in weights:
         try:
             load_file(os.path.join(path, name))
@@ -273,8 +328,11 @@ def checkpoint_problem(path: str, save_only_model: bool = False) -> Optional[str
 
 def find_resumable_checkpoint(output_dir: str, save_only_model: bool = False) -> Optional[str]:
     """The newest complete ``checkpoint-N`` in ``output_dir``; incomplete ones are skipped, and said so."""
-    steps = sorted((int(m.group(1)), e) for e in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
-                   if (m := re.fullmatch(r"checkpoint-(\d+)", e)) and os.path.isdir(os.path.join(output_dir, e)))
+    steps = sorted(
+        (int(m.group(1)), e)
+        for e in (os.listdir(output_dir) if os.path.isdir(output_dir) else [])
+        if (m := re.fullmatch(r"checkpoint-(\d+)", e)) and os.path.isdir(os.path.join(output_dir, e))
+    )
     for _, name in reversed(steps):
         path = os.path.join(output_dir, name)
         problem = checkpoint_problem(path, save_only_model)

@@ -24,6 +24,7 @@ teacher shares the cache, and a resumed run reads what the interrupted one wrote
   (columns, subset, size, channels, normalisation, augmentation, views, seed) and the precision the
   teacher ran in; a cache made for anything else is refused with the fields that differ.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -64,12 +65,16 @@ def cache_fingerprint(teacher: torch.nn.Module, train_dataset, precision: str) -
     """Everything the teacher's outputs on the training set depend on."""
     transform = (getattr(train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
     if transform is None or not hasattr(transform, "describe"):
-        raise ValueError("the teacher cache needs a training set prepared by hf_mkcd.data.prepare_datasets "
-                         "(its augmentation must be a function of seed, epoch and sample index)")
+        raise ValueError(
+            "the teacher cache needs a training set prepared by hf_mkcd.data.prepare_datasets "
+            "(its augmentation must be a function of seed, epoch and sample index)"
+        )
     return {
         "version": CACHE_VERSION,
         "teacher_sha256": tensor_hash(teacher.state_dict()),
-        "teacher_architecture": (getattr(teacher, "pretrained_cfg", None) or {}).get("architecture", type(teacher).__name__),
+        "teacher_architecture": (getattr(teacher, "pretrained_cfg", None) or {}).get(
+            "architecture", type(teacher).__name__
+        ),
         "dataset_fingerprint": getattr(train_dataset, "_fingerprint", None),
         "num_samples": len(train_dataset),
         "preprocessing": transform.describe(),
@@ -104,7 +109,8 @@ class TeacherCache:
             diff = _differences(existing, fingerprint)
             if diff:
                 raise TeacherCacheMismatch(
-                    f"teacher cache {root!r} was made for another teacher or data pipeline:\n  " + "\n  ".join(diff)
+                    f"teacher cache {root!r} was made for another teacher or data pipeline:\n  "
+                    + "\n  ".join(diff)
                     + "\nUse another --teacher_cache directory (or delete this one to rebuild it)."
                 )
         else:
@@ -142,10 +148,12 @@ class TeacherCache:
         os.makedirs(directory, exist_ok=True)
         tmp = tempfile.mkdtemp(prefix=f".{view}.{key}.", dir=directory)
         try:
-            np.lib.format.open_memmap(os.path.join(tmp, "values.npy"), mode="w+", dtype=self._dtype(key),
-                                      shape=(self.num_samples, *shape)).flush()
-            np.lib.format.open_memmap(os.path.join(tmp, "filled.npy"), mode="w+", dtype=np.uint8,
-                                      shape=(self.num_samples,)).flush()
+            np.lib.format.open_memmap(
+                os.path.join(tmp, "values.npy"), mode="w+", dtype=self._dtype(key), shape=(self.num_samples, *shape)
+            ).flush()
+            np.lib.format.open_memmap(
+                os.path.join(tmp, "filled.npy"), mode="w+", dtype=np.uint8, shape=(self.num_samples,)
+            ).flush()
             # hard links never replace a file another process created (and may already have open); the values
             # file goes first, so a flags file only ever exists beside its values file
             for name, final in (("values.npy", f"{view}.{key}.npy"), ("filled.npy", f"{view}.{key}.filled.npy")):
@@ -176,7 +184,9 @@ class TeacherCache:
         self.hits += len(idx)
         return out
 
-    def write(self, epoch: int, index: torch.Tensor, outputs: dict, needs: Iterable[str], views: Iterable[str] = ()) -> None:
+    def write(
+        self, epoch: int, index: torch.Tensor, outputs: dict, needs: Iterable[str], views: Iterable[str] = ()
+    ) -> None:
         idx = index.detach().cpu().numpy()
         for view in ("main", *views):
             source = outputs if view == "main" else outputs[view]
@@ -221,9 +231,11 @@ class TeacherCache:
         per_epoch = self.bytes_per_sample(shapes, needs, views) * self.num_samples
         size = per_epoch * len(todo)
         free = shutil.disk_usage(self.root).free
-        logger.info(f"teacher cache {self.root}: {', '.join(needs)} ({self.map_dtype} maps), {_mb(per_epoch)} per epoch; "
-                    f"{epochs - len(todo)} of {epochs} epochs present, this run adds up to {_mb(size)} "
-                    f"({_mb(free)} free)")
+        logger.info(
+            f"teacher cache {self.root}: {', '.join(needs)} ({self.map_dtype} maps), {_mb(per_epoch)} per epoch; "
+            f"{epochs - len(todo)} of {epochs} epochs present, this run adds up to {_mb(size)} "
+            f"({_mb(free)} free)"
+        )
         if size > 0.95 * free:
             raise ValueError(
                 f"the teacher cache would need {_mb(size)} more at {self.root!r} and only {_mb(free)} are free: cache "
@@ -234,4 +246,4 @@ class TeacherCache:
 
 
 def _mb(n: float) -> str:
-    return f"{n / 2 ** 30:.2f} GiB" if n >= 2 ** 30 else f"{n / 2 ** 20:.1f} MiB"
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"

@@ -15,6 +15,7 @@
   accumulation steps, so gradient accumulation equals one large batch.
 * Each loss term and the temperature are logged; a non-finite loss stops the run with the step and terms.
 """
+
 from __future__ import annotations
 
 import json
@@ -31,17 +32,29 @@ from safetensors.torch import load_file, save_file
 from transformers import Trainer, TrainingArguments
 from transformers.trainer_utils import rotate_checkpoints
 
-from .distillers import (DEFAULT_TEMPERATURE, TEMPERATURE_SCHEDULES, Step, build_temperature, get_distiller_class,
-                         list_distillers)
+from .distillers import (
+    DEFAULT_TEMPERATURE,
+    TEMPERATURE_SCHEDULES,
+    Step,
+    build_temperature,
+    get_distiller_class,
+    list_distillers,
+)
 from .distillers.base import describe_hyperparameters
 from .distillers.temperature import _check_positive
 from .evaluation import compute_metrics as default_compute_metrics
-from .callbacks import (AugmentationEpochCallback, FiniteMetricsCallback, MultiStepSchedule, RunPlanCallback,
-                        TeacherCacheCallback)
-from .features import student_outputs, teacher_outputs
-from .models.helpers import first_conv_in_channels, match_channels
+from .callbacks import (
+    AugmentationEpochCallback,
+    FiniteMetricsCallback,
+    MultiStepSchedule,
+    RunPlanCallback,
+    TeacherCacheCallback,
+)
+from .features import student_outputs
+from .models.helpers import first_conv_in_channels
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 from .run_dir import DISTILLER_WEIGHTS_NAME, STAGING_PREFIX, checkpoint_problem, promote_staged
+from .teacher import DistillationTeacher, as_timm_teacher
 from .teacher_cache import CACHEABLE, TeacherCache, cache_fingerprint
 from .validation import check_pair
 
@@ -68,31 +81,76 @@ class DistillationTrainingArguments(TrainingArguments):
             (the CIFAR recipe: 150 180 210), on top of a ``constant`` scheduler; ``[]`` turns it off.
     """
 
-    method: str = field(default="mkcd", metadata={"help": "Distillation method, with its hyper-parameters and defaults "
-                                                          "(set them with --ce_weight / --kd_weight / --feat_weight or "
-                                                          "--distiller_kwargs): " + "; ".join(
-                                                              f"{m} ({describe_hyperparameters(m)})" for m in list_distillers())})
-    temperature_schedule: Optional[str] = field(default=None, metadata={"help": "One of " + ", ".join(TEMPERATURE_SCHEDULES) + " (default: the method's own; constant for all but ctkd and mkcd)."})
+    method: str = field(
+        default="mkcd",
+        metadata={
+            "help": "Distillation method, with its hyper-parameters and defaults "
+            "(set them with --ce_weight / --kd_weight / --feat_weight or "
+            "--distiller_kwargs): " + "; ".join(f"{m} ({describe_hyperparameters(m)})" for m in list_distillers())
+        },
+    )
+    temperature_schedule: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "One of "
+            + ", ".join(TEMPERATURE_SCHEDULES)
+            + " (default: the method's own; constant for all but ctkd and mkcd)."
+        },
+    )
     temperature: float = field(default=DEFAULT_TEMPERATURE, metadata={"help": "Temperature of the constant schedule."})
     temperature_min: float = field(default=1.0, metadata={"help": "Lower end of a rising/falling schedule."})
     temperature_max: float = field(default=8.0, metadata={"help": "Upper end of a rising/falling schedule."})
-    ce_weight: Optional[float] = field(default=None, metadata={"help": "Cross-entropy weight (method default if unset)."})
-    kd_weight: Optional[float] = field(default=None, metadata={"help": "Logit-distillation weight (method default if unset)."})
-    feat_weight: Optional[float] = field(default=None, metadata={"help": "Feature-loss weight (method default if unset)."})
+    ce_weight: Optional[float] = field(
+        default=None, metadata={"help": "Cross-entropy weight (method default if unset)."}
+    )
+    kd_weight: Optional[float] = field(
+        default=None, metadata={"help": "Logit-distillation weight (method default if unset)."}
+    )
+    feat_weight: Optional[float] = field(
+        default=None, metadata={"help": "Feature-loss weight (method default if unset)."}
+    )
     # typed str (a dict works from Python too): HfArgumentParser picks a Union's argparse type by position, and
     # typing caches Unions by unordered equality, so Optional[Union[dict, str]] could parse as `dict` or `str`
-    distiller_kwargs: Optional[str] = field(default=None, metadata={"help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."})
+    distiller_kwargs: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Method hyper-parameters as JSON, e.g. '{\"beta\": 2.0}' for dkd (see each method's defaults)."
+        },
+    )
     lr_decay_epochs: Optional[List[int]] = field(
         default=None,
-        metadata={"help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs, on top of the constant "
-                          f"scheduler (unset: {' '.join(map(str, CIFAR_LR_DECAY_EPOCHS))}, the CIFAR recipe's, with the "
-                          "constant schedulers, none with another --lr_scheduler_type; 0 turns it off)."})
+        metadata={
+            "help": "Multi-step LR: LR *= lr_decay_rate after each of these epochs, on top of the constant "
+            f"scheduler (unset: {' '.join(map(str, CIFAR_LR_DECAY_EPOCHS))}, the CIFAR recipe's, with the "
+            "constant schedulers, none with another --lr_scheduler_type; 0 turns it off)."
+        },
+    )
     lr_decay_rate: float = field(default=0.1, metadata={"help": "Factor of each multi-step LR decay."})
-    learning_rate: float = field(default=0.05, metadata={"help": "Initial LR (CIFAR recipe: 0.05; 0.01 for MobileNetV2/ShuffleNet students)."})
-    lr_scheduler_type: str = field(default="constant", metadata={"help": "transformers' LR scheduler; with 'constant' (the default) --lr_decay_epochs gives the CIFAR multi-step schedule."})
+    learning_rate: float = field(
+        default=0.05, metadata={"help": "Initial LR (CIFAR recipe: 0.05; 0.01 for MobileNetV2/ShuffleNet students)."}
+    )
+    lr_scheduler_type: str = field(
+        default="constant",
+        metadata={
+            "help": "transformers' LR scheduler; with 'constant' (the default) --lr_decay_epochs gives the CIFAR "
+            "multi-step schedule."
+        },
+    )
     weight_decay: float = field(default=5e-4, metadata={"help": "Weight decay."})
-    weight_decay_all: bool = field(default=True, metadata={"help": "Decay every parameter, biases and BN included, as the CIFAR reference code does (false: transformers' rule, no decay on biases and norms)."})
-    max_grad_norm: float = field(default=0.0, metadata={"help": "Gradient clipping norm; 0 (the default) does not clip, as none of the reference CIFAR training loops do."})
+    weight_decay_all: bool = field(
+        default=True,
+        metadata={
+            "help": "Decay every parameter, biases and BN included, as the CIFAR reference code does (false: "
+            "transformers' rule, no decay on biases and norms)."
+        },
+    )
+    max_grad_norm: float = field(
+        default=0.0,
+        metadata={
+            "help": "Gradient clipping norm; 0 (the default) does not clip, as none of the reference CIFAR training "
+            "loops do."
+        },
+    )
     optim: str = field(default="sgd", metadata={"help": "Optimizer (TrainingArguments' names)."})
     optim_args: Optional[str] = field(default="momentum=0.9", metadata={"help": "Optimizer arguments."})
     per_device_train_batch_size: int = field(default=64, metadata={"help": "Batch size per device."})
@@ -104,13 +162,47 @@ class DistillationTrainingArguments(TrainingArguments):
     logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
     do_train: bool = field(default=True, metadata={"help": "Train (--do_train false: only evaluate)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
-    ddp_find_unused_parameters: Optional[bool] = field(default=False, metadata={"help": "All student parameters are used."})
-    dataloader_pin_memory: bool = field(default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."})
-    overwrite_output_dir: bool = field(default=False, metadata={"help": "Replace whatever output_dir holds (by default a rerun only resumes the same run, and refuses anything else)."})
-    allow_changes: Optional[List[str]] = field(default=None, metadata={"help": "With --resume_from_checkpoint: settings that may differ from the run being continued (e.g. num_train_epochs lr_decay_epochs)."})
-    channels_last: bool = field(default=True, metadata={"help": "Run student, teacher and inputs in channels-last memory format (measured a quarter faster on CPU for the CIFAR ResNets; the usual choice on GPUs with mixed precision)."})
-    teacher_cache: Optional[str] = field(default=None, metadata={"help": "Directory of the teacher-output cache: the teacher runs once per (epoch, sample) and every later run on the same teacher and data pipeline reads its outputs (logits, pooled features, pre-pool maps)."})
-    teacher_cache_dtype: str = field(default="float16", metadata={"help": "Precision of cached pooled features and maps (logits are always float32): float16 or float32."})
+    ddp_find_unused_parameters: Optional[bool] = field(
+        default=False, metadata={"help": "All student parameters are used."}
+    )
+    dataloader_pin_memory: bool = field(
+        default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."}
+    )
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={
+            "help": "Replace whatever output_dir holds (by default a rerun only resumes the same run, and refuses "
+            "anything else)."
+        },
+    )
+    allow_changes: Optional[List[str]] = field(
+        default=None,
+        metadata={
+            "help": "With --resume_from_checkpoint: settings that may differ from the run being continued (e.g. "
+            "num_train_epochs lr_decay_epochs)."
+        },
+    )
+    channels_last: bool = field(
+        default=True,
+        metadata={
+            "help": "Run student, teacher and inputs in channels-last memory format (measured a quarter faster on "
+            "CPU for the CIFAR ResNets; the usual choice on GPUs with mixed precision)."
+        },
+    )
+    teacher_cache: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Directory of the teacher-output cache: the teacher runs once per (epoch, sample) and every "
+            "later run on the same teacher and data pipeline reads its outputs (logits, pooled features, "
+            "pre-pool maps)."
+        },
+    )
+    teacher_cache_dtype: str = field(
+        default="float16",
+        metadata={
+            "help": "Precision of cached pooled features and maps (logits are always float32): float16 or float32."
+        },
+    )
 
     def __post_init__(self):
         method = get_distiller_class(self.method)  # unknown method -> the valid ones are listed
@@ -121,8 +213,9 @@ class DistillationTrainingArguments(TrainingArguments):
                 raise ValueError(f"--distiller_kwargs must be a JSON object, e.g. '{{\"beta\": 2.0}}': {err}") from err
         if self.distiller_kwargs is not None and not isinstance(self.distiller_kwargs, dict):
             raise ValueError(f"--distiller_kwargs must be a JSON object (a mapping), got {self.distiller_kwargs!r}")
-        _check_positive(temperature=self.temperature, temperature_min=self.temperature_min,
-                        temperature_max=self.temperature_max)
+        _check_positive(
+            temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max
+        )
         if self.temperature_schedule is not None:
             build_temperature(self.temperature_schedule, **self.temperature_kwargs())  # validates name and range
             if not method.uses_temperature:
@@ -139,16 +232,22 @@ class DistillationTrainingArguments(TrainingArguments):
             raise ValueError(f"lr_decay_epochs must be increasing, got {self.lr_decay_epochs}")
         super().__post_init__()
         if self.lr_decay_epochs is not None and scheduler not in MULTISTEP_BASES:
-            logger.warning(f"--lr_scheduler_type {scheduler} is used as it is: --lr_decay_epochs {self.lr_decay_epochs} "
-                           f"only decays the {' / '.join(MULTISTEP_BASES)} schedulers and is ignored")
+            logger.warning(
+                f"--lr_scheduler_type {scheduler} is used as it is: --lr_decay_epochs {self.lr_decay_epochs} "
+                f"only decays the {' / '.join(MULTISTEP_BASES)} schedulers and is ignored"
+            )
             self.lr_decay_epochs = None
 
     def temperature_kwargs(self) -> dict:
-        return dict(temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max)
+        return dict(
+            temperature=self.temperature, temperature_min=self.temperature_min, temperature_max=self.temperature_max
+        )
 
     def loss_weights(self) -> dict:
         """The method's hyper-parameters set here: loss-weight flags + ``distiller_kwargs``."""
-        weights = {k: getattr(self, k) for k in ("ce_weight", "kd_weight", "feat_weight") if getattr(self, k) is not None}
+        weights = {
+            k: getattr(self, k) for k in ("ce_weight", "kd_weight", "feat_weight") if getattr(self, k) is not None
+        }
         return {**weights, **(self.distiller_kwargs or {})}
 
 
@@ -168,11 +267,20 @@ class DistillationModule(nn.Module):
     def _align(self, teacher: Dict[str, object]) -> Dict[str, object]:
         if "features" in teacher:
             proj = self.student.projector
-            teacher["features_aligned"] = proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
+            teacher["features_aligned"] = (
+                proj.align_teacher(teacher["features"]) if proj is not None else teacher["features"]
+            )
         return teacher
 
-    def forward(self, pixel_values, labels=None, teacher_outputs=None, step: Optional[Step] = None,
-                views: Optional[Dict[str, torch.Tensor]] = None, batch: Optional[Dict[str, torch.Tensor]] = None):
+    def forward(
+        self,
+        pixel_values,
+        labels=None,
+        teacher_outputs=None,
+        step: Optional[Step] = None,
+        views: Optional[Dict[str, torch.Tensor]] = None,
+        batch: Optional[Dict[str, torch.Tensor]] = None,
+    ):
         if step is None or labels is None:  # inference / evaluation: the student alone
             logits = student_outputs(self.student, pixel_values, {"logits"})["logits"]
             if labels is None:
@@ -187,7 +295,12 @@ class DistillationModule(nn.Module):
                 teacher[view] = self._align(dict(teacher[view]))
         step.temperature = distiller.temperature(step) if distiller.temperature is not None else None
         terms = distiller(student, teacher, {"labels": labels, **(batch or {})}, step)
-        return {"loss": sum(terms.values()), "logits": student["logits"], "terms": terms, "temperature": step.temperature}
+        return {
+            "loss": sum(terms.values()),
+            "logits": student["logits"],
+            "terms": terms,
+            "temperature": step.temperature,
+        }
 
 
 class DistillationTrainer(Trainer):
@@ -195,15 +308,24 @@ class DistillationTrainer(Trainer):
 
     loss_is_scaled_for_ga = False
 
-    def __init__(self, model: MKCDStudentForImageClassification = None, teacher_model: Optional[nn.Module] = None,
-                 args: Optional[DistillationTrainingArguments] = None, distiller: Optional[nn.Module] = None, **kwargs):
+    def __init__(
+        self,
+        model: MKCDStudentForImageClassification = None,
+        teacher_model: Optional[nn.Module] = None,
+        args: Optional[DistillationTrainingArguments] = None,
+        distiller: Optional[nn.Module] = None,
+        **kwargs,
+    ):
         if args is None:
             args = DistillationTrainingArguments(output_dir="distillation_output")
         if not isinstance(args, DistillationTrainingArguments):
-            raise TypeError("args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)")
+            raise TypeError(
+                "args must be DistillationTrainingArguments (TrainingArguments + the distillation settings)"
+            )
         if not isinstance(model, MKCDStudentForImageClassification):
             raise TypeError("model must be an MKCDStudentForImageClassification (build it with .from_teacher(...))")
         method = type(distiller) if distiller is not None else get_distiller_class(args.method)
+        teacher_model = as_timm_teacher(teacher_model) if teacher_model is not None else None
         if not method.needs_teacher:
             teacher_model = None
         elif teacher_model is None:
@@ -211,8 +333,12 @@ class DistillationTrainer(Trainer):
         self._check_world_size(args)
         train_dataset = kwargs.get("train_dataset")
         self._check_batches(train_dataset, method)
-        pair = check_pair(model, teacher_model, method,
-                          num_train_samples=len(train_dataset) if hasattr(train_dataset, "__len__") else None)
+        pair = check_pair(
+            model,
+            teacher_model,
+            method,
+            num_train_samples=len(train_dataset) if hasattr(train_dataset, "__len__") else None,
+        )
         if distiller is None:
             schedule = args.temperature_schedule or method.temperature_schedule
             temperature = build_temperature(schedule, **args.temperature_kwargs()) if method.uses_temperature else None
@@ -224,15 +350,35 @@ class DistillationTrainer(Trainer):
             teacher_model = teacher_model.to(memory_format=torch.channels_last) if teacher_model is not None else None
         super().__init__(model=module, args=args, **kwargs)
         self.teacher = None
+        self.teacher_check = None  # what the pre-flight measured (hf_mkcd.preflight), when it ran
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
         self.teacher_cache = self._open_teacher_cache(pair, method, train_dataset)
+        self.distillation_teacher = (
+            DistillationTeacher(
+                self.teacher,
+                method.teacher_needs,
+                method.views,
+                self.teacher_cache,
+                self.accelerator.autocast,
+                model.config.num_channels,
+            )
+            if self.teacher is not None
+            else None
+        )
         self._terms: Dict[str, torch.Tensor] = {}
         self._terms_count = 0
         self._last_temperature = None
         self._frozen = ()
-        self.add_callback(RunPlanCallback(method.name))
+        self._drop_last_train = False
+        n_train = len(train_dataset) if hasattr(train_dataset, "__len__") else None
+        self.plan_notes: List[str] = []  # said with the run plan, at the start of training
+        for problem in self.distiller.setting_problems(model.config.num_labels, n_train):
+            logger.warning(f"method {method.name!r}: {problem}")
+            self.plan_notes.append(problem)
+        self._avoid_batch_of_one(n_train)
+        self.add_callback(RunPlanCallback(method.name, self.plan_notes))
         self.add_callback(FiniteMetricsCallback())
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
         if hasattr(transform, "set_epoch"):
@@ -242,18 +388,59 @@ class DistillationTrainer(Trainer):
         if not self.args.teacher_cache or self.teacher is None:
             return None
         if not TeacherCache.supports(method.teacher_needs):
-            logger.warning(f"--teacher_cache: method {method.name!r} reads {sorted(method.teacher_needs)}, of which only "
-                           f"{', '.join(CACHEABLE)} are cached: the teacher runs every step")
+            logger.warning(
+                f"--teacher_cache: method {method.name!r} reads {sorted(method.teacher_needs)}, of which only "
+                f"{', '.join(CACHEABLE)} are cached: the teacher runs every step"
+            )
             return None
-        precision = (f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
-                     f"{':channels_last' if self.args.channels_last else ''}")
-        cache = TeacherCache(self.args.teacher_cache, cache_fingerprint(self.teacher, train_dataset, precision),
-                             self.args.teacher_cache_dtype)
+        precision = (
+            f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
+            f"{':channels_last' if self.args.channels_last else ''}"
+        )
+        cache = TeacherCache(
+            self.args.teacher_cache,
+            cache_fingerprint(self.teacher, train_dataset, precision),
+            self.args.teacher_cache_dtype,
+        )
         if self.args.should_save:
             epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else 1
             cache.plan(math.ceil(epochs), pair.teacher_shapes, method.teacher_needs, method.views)
         self.add_callback(TeacherCacheCallback(cache))
         return cache
+
+    def _avoid_batch_of_one(self, n_train: Optional[int]) -> None:
+        """A training batch of one image breaks BatchNorm in training mode (one value per channel on pooled
+        features) and every term built on batch statistics (pairwise distances, correlations): where an epoch's
+        last batch would hold one image, it is dropped, a different image each epoch."""
+        args = self.args
+        if not n_train or args.dataloader_drop_last:
+            return
+        per_process = math.ceil(n_train / args.world_size)  # the distributed sampler pads to equal shares
+        if per_process == 1:
+            raise ValueError(
+                f"{n_train} training image(s) for {args.world_size} process(es): one image per process "
+                "cannot train (BatchNorm needs two values per channel); use more data or fewer processes"
+            )
+        if per_process % args.per_device_train_batch_size == 1:
+            self._drop_last_train = True
+            note = (
+                f"each epoch's last batch would hold 1 image ({n_train} images, batch "
+                f"{args.per_device_train_batch_size}{' per process' if args.world_size > 1 else ''}), which BatchNorm "
+                "in training and batch-statistic terms cannot take: it is dropped (as --dataloader_drop_last would, "
+                "for training only), a different image each epoch"
+            )
+            logger.warning(note)
+            self.plan_notes.append(note)
+
+    def get_train_dataloader(self):
+        """Trainer's, dropping the last training batch where it would hold one image (evaluation keeps every one)."""
+        if not self._drop_last_train or self.args.dataloader_drop_last:
+            return super().get_train_dataloader()
+        self.args.dataloader_drop_last = True
+        try:
+            return super().get_train_dataloader()
+        finally:
+            self.args.dataloader_drop_last = False
 
     @staticmethod
     def _check_batches(train_dataset, method) -> None:
@@ -274,7 +461,8 @@ class DistillationTrainer(Trainer):
         launched = int(os.environ.get("WORLD_SIZE", "1"))
         if launched != args.world_size:
             raise RuntimeError(
-                f"launched as {launched} processes but training runs in {args.world_size}: the processes did not join one "
+                f"launched as {launched} processes but training runs in {args.world_size}: the processes did not "
+                "join one "
                 "group. On a machine without GPUs pass --use_cpu (gloo); with GPUs check the accelerate config."
             )
 
@@ -288,22 +476,8 @@ class DistillationTrainer(Trainer):
         return self.accelerator.unwrap_model(self.model).student
 
     def _teacher_outputs(self, inputs, views: Dict[str, torch.Tensor]) -> Dict[str, object]:
-        needs, cache = self.distiller.teacher_needs, self.teacher_cache
-        key = None
-        if cache is not None and "aug_epoch" in inputs and "index" in inputs:
-            epochs = inputs["aug_epoch"]
-            if bool((epochs == epochs[0]).all()):
-                key = (int(epochs[0]), inputs["index"])
-                hit = cache.read(*key, needs, views)
-                if hit is not None:
-                    return _to_device(hit, inputs["pixel_values"].device)
-        with torch.no_grad(), self.accelerator.autocast():
-            out = teacher_outputs(self.teacher, match_channels(inputs["pixel_values"], self._teacher_in_chans), needs)
-            for view, pixels in views.items():
-                out[view] = teacher_outputs(self.teacher, match_channels(pixels, self._teacher_in_chans), needs)
-        if key is not None:
-            cache.write(*key, out, needs, views)
-        return out
+        """What the method reads from the teacher for this batch (``hf_mkcd.teacher.DistillationTeacher``)."""
+        return self.distillation_teacher(inputs, views)
 
     def _prepare_inputs(self, inputs):
         inputs = super()._prepare_inputs(inputs)
@@ -324,8 +498,14 @@ class DistillationTrainer(Trainer):
         teacher = self._teacher_outputs(inputs, views) if self.teacher is not None else None
         for module in self._frozen:  # after Trainer's model.train(): frozen BN layers keep their statistics
             module.eval()
-        out = model(pixel_values=pixel_values, labels=labels, teacher_outputs=teacher, step=step, views=views,
-                    batch={k: inputs[k] for k in distiller.batch_needs})
+        out = model(
+            pixel_values=pixel_values,
+            labels=labels,
+            teacher_outputs=teacher,
+            step=step,
+            views=views,
+            batch={k: inputs[k] for k in distiller.batch_needs},
+        )
         loss, terms = out["loss"], out["terms"]
         if not torch.isfinite(loss.detach()).all():
             shown = {k: float(v.detach()) for k, v in terms.items()}
@@ -388,7 +568,9 @@ class DistillationTrainer(Trainer):
             return super().create_scheduler(num_training_steps, optimizer)
         steps_per_epoch = max(1, len(self.get_train_dataloader()) // self.args.gradient_accumulation_steps)
         milestones = [e * steps_per_epoch for e in self.args.lr_decay_epochs]
-        schedule = MultiStepSchedule(milestones, self.args.lr_decay_rate, self.args.get_warmup_steps(num_training_steps))
+        schedule = MultiStepSchedule(
+            milestones, self.args.lr_decay_rate, self.args.get_warmup_steps(num_training_steps)
+        )
         self.lr_scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer or self.optimizer, schedule)
         self._created_lr_scheduler = True
         return self.lr_scheduler
@@ -417,8 +599,12 @@ class DistillationTrainer(Trainer):
             if best and best.startswith(staging):
                 self.state.best_model_checkpoint = os.path.join(run_dir, os.path.relpath(best, staging))
                 self.state.save_to_json(os.path.join(final, "trainer_state.json"))
-            rotate_checkpoints(output_dir=run_dir, save_total_limit=self.args.save_total_limit,
-                               best_model_checkpoint=self.state.best_model_checkpoint, use_mtime=True)
+            rotate_checkpoints(
+                output_dir=run_dir,
+                save_total_limit=self.args.save_total_limit,
+                best_model_checkpoint=self.state.best_model_checkpoint,
+                use_mtime=True,
+            )
         self.accelerator.wait_for_everyone()
 
     def _save(self, output_dir: Optional[str] = None, state_dict=None) -> None:
@@ -443,7 +629,9 @@ class DistillationTrainer(Trainer):
         if os.path.isfile(distiller_file):
             self.distiller.load_state_dict(load_file(distiller_file), strict=True)
         elif self.distiller.state_dict():
-            raise ValueError(f"{resume_from_checkpoint!r} lacks {DISTILLER_WEIGHTS_NAME}, which method {self.args.method!r} needs")
+            raise ValueError(
+                f"{resume_from_checkpoint!r} lacks {DISTILLER_WEIGHTS_NAME}, which method {self.args.method!r} needs"
+            )
 
     def _load_best_model(self) -> None:
         self._load_from_checkpoint(self.state.best_model_checkpoint)
@@ -465,21 +653,26 @@ class DistillationTrainer(Trainer):
         if self.is_world_process_zero():
             write_student_card(self.args.output_dir, self.args.hub_model_id)
 
-    def push_to_hub(self, commit_message: Optional[str] = None, blocking: bool = True, token=None, revision=None,
-                    private=None, **kwargs):
+    def push_to_hub(
+        self,
+        commit_message: Optional[str] = None,
+        blocking: bool = True,
+        token=None,
+        revision=None,
+        private=None,
+        **kwargs,
+    ):
         """Push the finished run in ``output_dir`` (weights, code, processor, card, curves, recipe, results)."""
         from .hub import push_run
 
         if not self.is_world_process_zero():
             return None
-        return push_run(self.args.output_dir, self.args.hub_model_id or self.hub_model_id,
-                        private=private if private is not None else self.args.hub_private_repo,
-                        token=token or self.args.hub_token)
-
-
-def _to_device(outputs, device):
-    return {k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
-            for k, v in outputs.items()}
+        return push_run(
+            self.args.output_dir,
+            self.args.hub_model_id or self.hub_model_id,
+            private=private if private is not None else self.args.hub_private_repo,
+            token=token or self.args.hub_token,
+        )
 
 
 def _as_float(value) -> Optional[float]:

@@ -8,6 +8,7 @@ Everything here runs before the first training step, so a mismatch costs seconds
   built for, the projector's output against the teacher map it is compared with. It probes both
   models once and returns the :class:`~hf_mkcd.distillers.base.Pair` the distiller is built from.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Type
@@ -34,21 +35,32 @@ def check_student_fits(config, method: Type[Distiller]) -> None:
     if problem:
         raise ValueError(
             f"method {name!r} {problem}; this student has projector={projector!r}, head={head!r}. Build it with "
-            f"MKCDStudentForImageClassification.from_teacher(teacher, {config.backbone!r}, projector={method.projector!r}, "
+            f"MKCDStudentForImageClassification.from_teacher(teacher, {config.backbone!r}, "
+            f"projector={method.projector!r}, "
             f"head={method.head!r})."
         )
 
 
-def check_pair(student, teacher: Optional[nn.Module], method: Type[Distiller], num_train_samples: Optional[int] = None,
-               dataset_classes: Optional[int] = None) -> Optional[Pair]:
-    """Check student, teacher and dataset against each other; return the probed :class:`Pair` (None without a teacher)."""
+def check_pair(
+    student,
+    teacher: Optional[nn.Module],
+    method: Type[Distiller],
+    num_train_samples: Optional[int] = None,
+    dataset_classes: Optional[int] = None,
+) -> Optional[Pair]:
+    """Check student, teacher and dataset against each other; return the probed :class:`Pair` (None without a "
+    "teacher)."""
     check_student_fits(student.config, method)
     if teacher is None:
-        check_num_classes(student=student.config.num_labels, dataset=dataset_classes,
-                          hint="Set the student's id2label from the dataset it trains on.")
+        check_num_classes(
+            student=student.config.num_labels,
+            dataset=dataset_classes,
+            hint="Set the student's id2label from the dataset it trains on.",
+        )
         return None
-    s_shapes, t_shapes = probe_shapes(student, teacher, method.student_needs | {"logits"},
-                                      method.teacher_needs | {"logits", "features"})
+    s_shapes, t_shapes = probe_shapes(
+        student, teacher, method.student_needs | {"logits"}, method.teacher_needs | {"logits", "features"}
+    )
     check_num_classes(teacher=t_shapes["logits"][-1], student=student.config.num_labels, dataset=dataset_classes)
     cfg = student.config
     if cfg.teacher_feature_shape is not None and list(t_shapes["features"]) != list(cfg.teacher_feature_shape):
@@ -60,7 +72,14 @@ def check_pair(student, teacher: Optional[nn.Module], method: Type[Distiller], n
     if "projected" in s_shapes and len(t_shapes["features"]) == 3:
         want = (t_shapes["features"][0], *student.projector.output_size)
         if tuple(s_shapes["projected"]) != want:
-            raise ValueError(f"the student's projector gives {tuple(s_shapes['projected'])}, the teacher map aligned "
-                             f"to it is {want}: rebuild the student with from_teacher")
-    return Pair(student=student, teacher=teacher, student_shapes=s_shapes, teacher_shapes=t_shapes,
-                num_train_samples=num_train_samples)
+            raise ValueError(
+                f"the student's projector gives {tuple(s_shapes['projected'])}, the teacher map aligned "
+                f"to it is {want}: rebuild the student with from_teacher"
+            )
+    return Pair(
+        student=student,
+        teacher=teacher,
+        student_shapes=s_shapes,
+        teacher_shapes=t_shapes,
+        num_train_samples=num_train_samples,
+    )

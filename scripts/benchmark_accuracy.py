@@ -1,6 +1,6 @@
 """Accuracy over methods and seeds (and settings, for ablations): one command per suite, resumable.
 
-    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml            # run (or finish) every cell, then summarise
+    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml         # run (or finish) every cell, then summarise
     python scripts/benchmark_accuracy.py suites/mkcd_ablation.yaml --cells mkcd_f4 mkcd_r1 --seeds 0
     python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --summarize  # tables and plots from finished cells
 
@@ -25,6 +25,7 @@ compared with, default ``none``), ``report`` (``test`` or ``validation``), ``pub
 numbers shown beside ours), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a ``recipe`` pattern
 such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
 """
+
 import argparse
 import datetime
 import hashlib
@@ -73,13 +74,27 @@ def expand_cells(suite: dict) -> list:
             for method in m["methods"]:
                 pattern = m.get("vanilla_recipe", m["recipe"]) if method == "none" else m["recipe"]
                 recipe = pattern.format(pair=pair, method=method, teacher=teacher, student=student)
-                cells.append({"name": f"{pair}/{method}", "method": method, "recipe": recipe, "pair": pair,
-                              "args": dict(m.get("args") or {})})
+                cells.append(
+                    {
+                        "name": f"{pair}/{method}",
+                        "method": method,
+                        "recipe": recipe,
+                        "pair": pair,
+                        "args": dict(m.get("args") or {}),
+                    }
+                )
     for cell in suite.get("cells") or []:
         cell = dict(cell)
         args = {k: v for k, v in cell.items() if k not in ("name", "method", "recipe", "note")}
-        cells.append({"name": cell.get("name", cell["method"]), "method": cell["method"], "recipe": cell.get("recipe"),
-                      "note": cell.get("note"), "args": args})
+        cells.append(
+            {
+                "name": cell.get("name", cell["method"]),
+                "method": cell["method"],
+                "recipe": cell.get("recipe"),
+                "note": cell.get("note"),
+                "args": args,
+            }
+        )
     names = [c["name"] for c in cells]
     dupes = {n for n in names if names.count(n) > 1}
     if dupes:
@@ -93,8 +108,12 @@ def digest(obj) -> str:
 
 def git_commit() -> str:
     try:
-        return subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                              timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -108,27 +127,39 @@ def ensure_teacher(suite: dict, work_dir: str, log) -> tuple:
     if "path" in t:
         return {"teacher_model_name_or_path": t["path"]}, {"path": t["path"]}
     if "checkpoint" in t:
-        return ({"teacher_model_name_or_path": t["model_name_or_path"], "teacher_checkpoint": t["checkpoint"]},
-                {"model": t["model_name_or_path"], "checkpoint": t["checkpoint"]})
+        return (
+            {"teacher_model_name_or_path": t["model_name_or_path"], "teacher_checkpoint": t["checkpoint"]},
+            {"model": t["model_name_or_path"], "checkpoint": t["checkpoint"]},
+        )
     from hf_mkcd.data import DataArguments
     from hf_mkcd.run import ModelArguments, parse_args, run
     from hf_mkcd.trainer import DistillationTrainingArguments
 
-    flags = {**(suite.get("data") or {}), **(t.get("train") or {}), "model_name_or_path": t["model_name_or_path"],
-             "method": "none"}
+    flags = {
+        **(suite.get("data") or {}),
+        **(t.get("train") or {}),
+        "model_name_or_path": t["model_name_or_path"],
+        "method": "none",
+    }
     out = os.path.join(work_dir, "teachers", f"{t['model_name_or_path']}-{digest(flags)}")
     record_path = os.path.join(out, "suite_teacher.json")
     if not os.path.isfile(record_path):
         log(f"training the suite's teacher {t['model_name_or_path']} into {out}")
         start = time.time()
-        args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments),
-                          mapping_to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}))
+        args = parse_args(
+            (ModelArguments, DataArguments, DistillationTrainingArguments),
+            mapping_to_argv({**flags, "output_dir": out, "report_to": "none", "save_strategy": "no"}),
+        )
         metrics = run(*args)
         atomic_write_json(record_path, {"flags": flags, "metrics": metrics, "minutes": (time.time() - start) / 60})
     with open(record_path) as f:
         record = json.load(f)
-    return {"teacher_model_name_or_path": out}, {"model": t["model_name_or_path"], "flags": flags,
-                                                 "metrics": record["metrics"], "minutes": record["minutes"]}
+    return {"teacher_model_name_or_path": out}, {
+        "model": t["model_name_or_path"],
+        "flags": flags,
+        "metrics": record["metrics"],
+        "minutes": record["minutes"],
+    }
 
 
 def cell_flags(suite: dict, cell: dict, seed: int, teacher_flags: dict, work_dir: str) -> dict:
@@ -144,8 +175,13 @@ def cell_flags(suite: dict, cell: dict, seed: int, teacher_flags: dict, work_dir
     if method.needs_teacher:
         flags.update(teacher_flags)
     flags.update(cell["args"])
-    flags.update(method=cell["method"], seed=seed, report_to="none", save_strategy="no",
-                 output_dir=os.path.join(work_dir, suite["name"], cell["name"].replace("/", "__"), f"seed{seed}"))
+    flags.update(
+        method=cell["method"],
+        seed=seed,
+        report_to="none",
+        save_strategy="no",
+        output_dir=os.path.join(work_dir, suite["name"], cell["name"].replace("/", "__"), f"seed{seed}"),
+    )
     flags.setdefault("eval_strategy", "epoch")
     if suite.get("teacher_cache") and method.needs_teacher and "teacher_model_name_or_path" in flags:
         views = "-".join(method.views) or "plain"
@@ -165,10 +201,18 @@ def run_cell(flags: dict) -> dict:
     with open(os.path.join(flags["output_dir"], "trainer_state.json")) as f:
         history = json.load(f)["log_history"]
     curve = [{"epoch": e["epoch"], "top1": e["eval_top1"]} for e in history if "eval_top1" in e]
-    losses = [{k: v for k, v in e.items() if k.startswith("loss") or k in ("epoch", "temperature")}
-              for e in history if "loss" in e]
-    return {"metrics": metrics, "curve": curve, "train_log": losses, "wall_minutes": (time.time() - start) / 60,
-            "projector_params": projector_params(flags["output_dir"])}
+    losses = [
+        {k: v for k, v in e.items() if k.startswith("loss") or k in ("epoch", "temperature")}
+        for e in history
+        if "loss" in e
+    ]
+    return {
+        "metrics": metrics,
+        "curve": curve,
+        "train_log": losses,
+        "wall_minutes": (time.time() - start) / 60,
+        "projector_params": projector_params(flags["output_dir"]),
+    }
 
 
 def projector_params(output_dir: str):
@@ -190,8 +234,9 @@ def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, 
     if teacher_record is not None:
         with open(os.path.join(out_dir, "teacher.json"), "w") as f:
             json.dump(teacher_record, f, indent=2)
-    todo = [(c, s) for c in expand_cells(suite) for s in (seeds or suite["seeds"])
-            if cells is None or c["name"] in cells]
+    todo = [
+        (c, s) for c in expand_cells(suite) for s in (seeds or suite["seeds"]) if cells is None or c["name"] in cells
+    ]
     for cell, seed in tqdm(todo, desc=f"{suite['name']}: cells x seeds"):
         path = os.path.join(out_dir, cell["name"].replace("/", "__"), f"seed{seed}.json")
         if os.path.isfile(path):
@@ -202,8 +247,15 @@ def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, 
         except Exception as err:  # one failing cell is recorded, the others go on
             log(f"cell {cell['name']} seed {seed} failed: {type(err).__name__}: {err}")
             result = {"error": f"{type(err).__name__}: {err}"}
-        result.update(cell=cell["name"], method=cell["method"], note=cell.get("note"), seed=seed, flags=flags,
-                      commit=git_commit(), date=datetime.datetime.now().isoformat(timespec="seconds"))
+        result.update(
+            cell=cell["name"],
+            method=cell["method"],
+            note=cell.get("note"),
+            seed=seed,
+            flags=flags,
+            commit=git_commit(),
+            date=datetime.datetime.now().isoformat(timespec="seconds"),
+        )
         os.makedirs(os.path.dirname(path), exist_ok=True)
         if "error" not in result:  # a failed cell is retried next time
             atomic_write_json(path, result)
@@ -253,13 +305,22 @@ def summarize(suite: dict, out_dir: str) -> dict:
             row[split] = dict(zip(("mean", "std"), _mean_std([100 * v for v in vals])))
             row[split]["per_seed"] = [100 * v for v in vals]
             if name != base_name:
-                diffs = [100 * (metric(name, s, key) - metric(base_name, s, key)) for s in seeds
-                         if metric(base_name, s, key) is not None]
+                diffs = [
+                    100 * (metric(name, s, key) - metric(base_name, s, key))
+                    for s in seeds
+                    if metric(base_name, s, key) is not None
+                ]
                 if diffs:
                     mean, std = _mean_std(diffs)
                     t = mean / (std / math.sqrt(len(diffs))) if len(diffs) > 1 and std > 0 else None
-                    row[split]["vs_baseline"] = {"mean": mean, "std": std, "per_seed": diffs,
-                                                 "wins": sum(d > 0 for d in diffs), "n": len(diffs), "paired_t": t}
+                    row[split]["vs_baseline"] = {
+                        "mean": mean,
+                        "std": std,
+                        "per_seed": diffs,
+                        "wins": sum(d > 0 for d in diffs),
+                        "n": len(diffs),
+                        "paired_t": t,
+                    }
         row["minutes"] = _mean_std([results[(name, s)]["wall_minutes"] for s in seeds])[0]
         row["projector_params"] = results[(name, seeds[0])].get("projector_params")
         if cell.get("pair"):
@@ -274,10 +335,18 @@ def summarize(suite: dict, out_dir: str) -> dict:
     if os.path.isfile(os.path.join(out_dir, "teacher.json")):
         with open(os.path.join(out_dir, "teacher.json")) as f:
             teacher = json.load(f)
-    summary = {"suite": suite["name"], "description": suite.get("description"), "report": suite["report"],
-               "baseline": baseline, "seeds": suite["seeds"], "teacher": teacher, "rows": rows, "curves": curves,
-               "command": f"python scripts/benchmark_accuracy.py suites/{suite['name']}.yaml",
-               "complete": all((c["name"], s) in results for c in cells for s in suite["seeds"])}
+    summary = {
+        "suite": suite["name"],
+        "description": suite.get("description"),
+        "report": suite["report"],
+        "baseline": baseline,
+        "seeds": suite["seeds"],
+        "teacher": teacher,
+        "rows": rows,
+        "curves": curves,
+        "command": f"python scripts/benchmark_accuracy.py suites/{suite['name']}.yaml",
+        "complete": all((c["name"], s) in results for c in cells for s in suite["seeds"]),
+    }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
@@ -305,8 +374,10 @@ def standing(summary: dict, cell: str = "mkcd") -> list:
         best = next(r for r in ranked if r["cell"] != cell)
         diffs = [a - b for a, b in zip(rows[cell][split]["per_seed"], best[split]["per_seed"])]
         mean = sum(diffs) / len(diffs)
-        parts.append(f"on {split}, `{cell}` ranks {rank} of {len(ranked)}; against the best other cell, `{best['cell']}`, "
-                     f"{mean:+.2f} points (paired, {sum(d > 0 for d in diffs)}/{len(diffs)} seeds better)")
+        parts.append(
+            f"on {split}, `{cell}` ranks {rank} of {len(ranked)}; against the best other cell, `{best['cell']}`, "
+            f"{mean:+.2f} points (paired, {sum(d > 0 for d in diffs)}/{len(diffs)} seeds better)"
+        )
     return ["Standing: " + "; ".join(parts) + ".", ""]
 
 
@@ -317,31 +388,49 @@ def markdown_summary(summary: dict) -> str:
     lines = []
     if teacher.get("metrics"):
         m = teacher["metrics"]
-        lines.append(f"Teacher `{teacher['model']}`: validation top-1 {100 * m['eval_top1']:.2f}"
-                     + (f", test top-1 {100 * m['test_top1']:.2f}" if "test_top1" in m and report == "test" else "")
-                     + f" ({teacher['minutes']:.0f} min to train).")
+        lines.append(
+            f"Teacher `{teacher['model']}`: validation top-1 {100 * m['eval_top1']:.2f}"
+            + (f", test top-1 {100 * m['test_top1']:.2f}" if "test_top1" in m and report == "test" else "")
+            + f" ({teacher['minutes']:.0f} min to train)."
+        )
         lines.append("")
     has_pub = any(r.get("published") is not None for r in summary["rows"])
     splits = ["validation", "test"] if report == "test" else ["validation"]  # choices read validation; test is final
-    head = ["cell", "method", *[f"{s} top-1" for s in splits], f"Δ vs `{summary['baseline']}` ({report}, paired)",
-            "seeds better", "projector params", "min / run"] + (["published"] if has_pub else [])
+    head = [
+        "cell",
+        "method",
+        *[f"{s} top-1" for s in splits],
+        f"Δ vs `{summary['baseline']}` ({report}, paired)",
+        "seeds better",
+        "projector params",
+        "min / run",
+    ] + (["published"] if has_pub else [])
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in summary["rows"]:
         vs = (r.get(report) or {}).get("vs_baseline")
         delta = f"{vs['mean']:+.2f} ± {vs['std']:.2f}" if vs else "–"
         wins = f"{vs['wins']}/{vs['n']}" if vs else "–"
         params = f"{r['projector_params']:,}" if r.get("projector_params") is not None else "–"
-        cells = [f"`{r['cell']}`", r["method"], *[_fmt(r.get(s)) for s in splits], delta, wins, params,
-                 f"{r['minutes']:.1f}" if r.get("minutes") else "–"]
+        cells = [
+            f"`{r['cell']}`",
+            r["method"],
+            *[_fmt(r.get(s)) for s in splits],
+            delta,
+            wins,
+            params,
+            f"{r['minutes']:.1f}" if r.get("minutes") else "–",
+        ]
         if has_pub:
             cells.append(f"{r['published']:.2f}" if isinstance(r.get("published"), (int, float)) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     n = len(summary["seeds"])
     lines += [""] + standing(summary)
-    lines.append(f"Mean ± std over {n} seeds (top-1 %, last epoch); Δ is the per-seed difference to the "
-                 f"`{summary['baseline']}` cell of the same seed. "
-                 + ("" if summary["complete"] else "**Incomplete: some cells have not run yet.** ")
-                 + f"`{summary['command']}`.")
+    lines.append(
+        f"Mean ± std over {n} seeds (top-1 %, last epoch); Δ is the per-seed difference to the "
+        f"`{summary['baseline']}` cell of the same seed. "
+        + ("" if summary["complete"] else "**Incomplete: some cells have not run yet.** ")
+        + f"`{summary['command']}`."
+    )
     return "\n".join(lines) + "\n"
 
 
@@ -358,8 +447,13 @@ def plot(summary: dict, out_dir: str) -> None:
     rows = [r for r in summary["rows"] if r.get(report)]
     if rows:
         fig, ax = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4))
-        ax.bar(range(len(rows)), [r[report]["mean"] for r in rows], yerr=[r[report]["std"] for r in rows], capsize=3,
-               color=["tab:gray" if r["cell"] == summary["baseline"] else "tab:blue" for r in rows])
+        ax.bar(
+            range(len(rows)),
+            [r[report]["mean"] for r in rows],
+            yerr=[r[report]["std"] for r in rows],
+            capsize=3,
+            color=["tab:gray" if r["cell"] == summary["baseline"] else "tab:blue" for r in rows],
+        )
         lo = min(r[report]["mean"] - r[report]["std"] for r in rows)
         hi = max(r[report]["mean"] + r[report]["std"] for r in rows)
         ax.set_ylim(lo - 0.3 * (hi - lo) - 0.1, hi + 0.15 * (hi - lo) + 0.1)
@@ -373,8 +467,12 @@ def plot(summary: dict, out_dir: str) -> None:
         fig, ax = plt.subplots(figsize=(7, 4.5))
         for name, points in summary["curves"].items():
             if points:
-                ax.plot([p[0] for p in points], [p[1] for p in points], label=name,
-                        lw=2.5 if name == summary["baseline"] else 1.2)
+                ax.plot(
+                    [p[0] for p in points],
+                    [p[1] for p in points],
+                    label=name,
+                    lw=2.5 if name == summary["baseline"] else 1.2,
+                )
         ax.set_xlabel("epoch")
         ax.set_ylabel("validation top-1 (%), mean over seeds")
         ax.legend(fontsize=7, ncol=2)
@@ -390,8 +488,11 @@ def main(argv=None):
     p.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
     p.add_argument("--summarize", action="store_true", help="only summarise the finished cells")
     p.add_argument("--results_dir", default=os.path.join(ROOT, "results", "accuracy"))
-    p.add_argument("--work_dir", default=os.path.join(ROOT, "runs", "benchmarks"),
-                   help="teachers, caches and cell outputs (not committed)")
+    p.add_argument(
+        "--work_dir",
+        default=os.path.join(ROOT, "runs", "benchmarks"),
+        help="teachers, caches and cell outputs (not committed)",
+    )
     a = p.parse_args(argv)
     suite = load_suite(a.suite)
     out_dir = os.path.join(a.results_dir, suite["name"])

@@ -20,6 +20,7 @@ loss, backward, optimizer, logging, other).
 
 Writes ``results/speed_<device>.json``; ``--readme`` regenerates the README's Speed section from it.
 """
+
 import argparse
 import datetime
 import json
@@ -60,28 +61,49 @@ def synthetic_data(tmp: str, n: int, size: int, classes: int, views=()):
     from datasets import Array3D, ClassLabel, Dataset, DatasetDict, Features
 
     rng = np.random.default_rng(0)
-    features = Features({"image": Array3D((size, size, 3), "uint8"),
-                         "label": ClassLabel(names=[f"c{i}" for i in range(classes)])})
-    split = Dataset.from_dict({"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8),
-                               "label": rng.integers(0, classes, n)}, features=features)
+    features = Features(
+        {"image": Array3D((size, size, 3), "uint8"), "label": ClassLabel(names=[f"c{i}" for i in range(classes)])}
+    )
+    split = Dataset.from_dict(
+        {"image": rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), "label": rng.integers(0, classes, n)},
+        features=features,
+    )
     path = os.path.join(tmp, f"synthetic_{n}_{size}_{classes}")
     if not os.path.isdir(path):
         DatasetDict(train=split, test=split.select(range(min(n, 64)))).save_to_disk(path)
-    return prepare_datasets(DataArguments(dataset_name=path, image_mean=[0.5] * 3, image_std=[0.25] * 3),
-                            3, size, views=views)
+    return prepare_datasets(
+        DataArguments(dataset_name=path, image_mean=[0.5] * 3, image_std=[0.25] * 3), 3, size, views=views
+    )
 
 
 def make_trainer(method: str, teacher, data, output_dir: str, batch: int, cache=None, **extra):
     cls = get_distiller_class(method)
-    student = build_student(ModelArguments(model_name_or_path=extra.pop("student")), cls,
-                            teacher if cls.needs_teacher else None, data, data.train[0]["pixel_values"].shape[-1])
-    settings = dict(output_dir=output_dir, method=method, per_device_train_batch_size=batch,
-                    use_cpu=not torch.cuda.is_available(), report_to="none", disable_tqdm=True, save_strategy="no",
-                    eval_strategy="no", logging_steps=50, teacher_cache=cache, num_train_epochs=1,
-                    dataloader_num_workers=extra.pop("workers", 0), seed=0)
+    student = build_student(
+        ModelArguments(model_name_or_path=extra.pop("student")),
+        cls,
+        teacher if cls.needs_teacher else None,
+        data,
+        data.train[0]["pixel_values"].shape[-1],
+    )
+    settings = dict(
+        output_dir=output_dir,
+        method=method,
+        per_device_train_batch_size=batch,
+        use_cpu=not torch.cuda.is_available(),
+        report_to="none",
+        disable_tqdm=True,
+        save_strategy="no",
+        eval_strategy="no",
+        logging_steps=50,
+        teacher_cache=cache,
+        num_train_epochs=1,
+        dataloader_num_workers=extra.pop("workers", 0),
+        seed=0,
+    )
     args = DistillationTrainingArguments(**{**settings, **extra})
-    trainer = DistillationTrainer(model=student, teacher_model=teacher if cls.needs_teacher else None, args=args,
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher if cls.needs_teacher else None, args=args, train_dataset=data.train
+    )
     trainer.current_gradient_accumulation_steps = 1  # what train() sets before its first training_step
     return trainer
 
@@ -157,26 +179,38 @@ def per_method(a, teacher, sync, tmp) -> dict:
         with torch.no_grad():
             teacher(batch["pixel_values"])
 
-    fns = {"plain PyTorch KD step (NCHW)": plain_kd_step(a, teacher, batch),
-           "teacher forward": teacher_forward,
-           "CE-only student step": step_fn(make_trainer("none", teacher, data, os.path.join(tmp, "none"), a.batch,
-                                                        student=a.student))}
+    fns = {
+        "plain PyTorch KD step (NCHW)": plain_kd_step(a, teacher, batch),
+        "teacher forward": teacher_forward,
+        "CE-only student step": step_fn(
+            make_trainer("none", teacher, data, os.path.join(tmp, "none"), a.batch, student=a.student)
+        ),
+    }
     for method in a.methods:
         if method == "none":
             continue
         trainer = make_trainer(method, teacher, data, os.path.join(tmp, method), a.batch, student=a.student)
         fns[method] = step_fn(trainer)
         if trainer.distiller.teacher_needs <= {"logits", "pooled", "features"}:
-            cached = make_trainer(method, teacher, data, os.path.join(tmp, method + "_c"), a.batch, student=a.student,
-                                  cache=os.path.join(tmp, f"cache_{method}"))
+            cached = make_trainer(
+                method,
+                teacher,
+                data,
+                os.path.join(tmp, method + "_c"),
+                a.batch,
+                student=a.student,
+                cache=os.path.join(tmp, f"cache_{method}"),
+            )
             cached._teacher_outputs(batch, {v: batch[f"pixel_values_{v}"] for v in cached.distiller.views})  # fill
             fns[f"{method} (cached)"] = step_fn(cached)
     print(f"timing {len(fns)} step kinds, {a.steps} rounds after {a.warmup} warm-up calls each ...")
     ms = round_robin(fns, a.steps, a.warmup, sync)
     t_teacher, t_ce = ms["teacher forward"], ms["CE-only student step"]
     floor = t_teacher + t_ce
-    print(f"\nfloor = teacher forward {t_teacher:.1f} ms + CE-only student step {t_ce:.1f} ms = {floor:.1f} ms "
-          f"({a.teacher} -> {a.student}, batch {a.batch}, {a.image_size}x{a.image_size}, {a.classes} classes)")
+    print(
+        f"\nfloor = teacher forward {t_teacher:.1f} ms + CE-only student step {t_ce:.1f} ms = {floor:.1f} ms "
+        f"({a.teacher} -> {a.student}, batch {a.batch}, {a.image_size}x{a.image_size}, {a.classes} classes)"
+    )
     print(f"{'method':10s} {'ms/step':>9s} {'x floor':>8s} {'cached ms':>10s} {'x floor':>8s}")
     rows = {}
     for method in a.methods:
@@ -185,14 +219,27 @@ def per_method(a, teacher, sync, tmp) -> dict:
         row = {"ms": ms[method], "x_floor": ms[method] / floor, "cached_ms": ms.get(f"{method} (cached)")}
         row["cached_x_floor"] = row["cached_ms"] / floor if row["cached_ms"] else None
         rows[method] = row
-        cached = f"{row['cached_ms']:>10.1f} {row['cached_x_floor']:>8.2f}" if row["cached_ms"] else f"{'-':>10s} {'-':>8s}"
+        cached = (
+            f"{row['cached_ms']:>10.1f} {row['cached_x_floor']:>8.2f}" if row["cached_ms"] else f"{'-':>10s} {'-':>8s}"
+        )
         print(f"{method:10s} {row['ms']:>9.1f} {row['x_floor']:>8.2f} {cached}")
     plain = ms["plain PyTorch KD step (NCHW)"]
-    print(f"\nplain PyTorch KD step (NCHW, as the reference loops run): {plain:.1f} ms"
-          + (f"; hf_mkcd's KD step is {ms['kd'] / plain:.2f}x of it, {rows['kd']['cached_ms'] / plain:.2f}x with the "
-             "teacher cache" if "kd" in rows else ""))
-    return {"teacher_forward_ms": t_teacher, "ce_step_ms": t_ce, "floor_ms": floor, "plain_kd_ms": plain,
-            "methods": rows}
+    print(
+        f"\nplain PyTorch KD step (NCHW, as the reference loops run): {plain:.1f} ms"
+        + (
+            f"; hf_mkcd's KD step is {ms['kd'] / plain:.2f}x of it, {rows['kd']['cached_ms'] / plain:.2f}x with the "
+            "teacher cache"
+            if "kd" in rows
+            else ""
+        )
+    )
+    return {
+        "teacher_forward_ms": t_teacher,
+        "ce_step_ms": t_ce,
+        "floor_ms": floor,
+        "plain_kd_ms": plain,
+        "methods": rows,
+    }
 
 
 class Breakdown:
@@ -259,29 +306,54 @@ class Breakdown:
 def end_to_end(a, sync, tmp) -> dict:
     import timm
 
-    data = prepare_datasets(DataArguments(dataset_name="fashion_mnist", max_train_samples=a.e2e_samples,
-                                          max_eval_samples=64), 3, a.image_size, mean=[0.286] * 3, std=[0.353] * 3)
+    data = prepare_datasets(
+        DataArguments(dataset_name="fashion_mnist", max_train_samples=a.e2e_samples, max_eval_samples=64),
+        3,
+        a.image_size,
+        mean=[0.286] * 3,
+        std=[0.353] * 3,
+    )
     torch.manual_seed(0)
     teacher = timm.create_model(a.teacher, num_classes=len(data.id2label)).to(a.device).eval()
     out = {}
     for method in ("kd", "mkcd"):
         cache = os.path.join(tmp, f"e2e_cache_{method}")
         for label in ("uncached", "cached"):
-            trainer = make_trainer(method, teacher, data, os.path.join(tmp, f"e2e_{method}_{label}"), a.batch,
-                                   student=a.student, cache=cache if (label == "cached" or a.build_cache_first) else None,
-                                   num_train_epochs=1, workers=a.workers, logging_steps=10)
+            trainer = make_trainer(
+                method,
+                teacher,
+                data,
+                os.path.join(tmp, f"e2e_{method}_{label}"),
+                a.batch,
+                student=a.student,
+                cache=cache if (label == "cached" or a.build_cache_first) else None,
+                num_train_epochs=1,
+                workers=a.workers,
+                logging_steps=10,
+            )
             if label == "cached":  # fill the cache for this epoch with the same code path, then measure reading it
                 trainer.train()
-                trainer = make_trainer(method, teacher, data, os.path.join(tmp, f"e2e_{method}_{label}2"), a.batch,
-                                       student=a.student, cache=cache, num_train_epochs=1, workers=a.workers,
-                                       logging_steps=10)
+                trainer = make_trainer(
+                    method,
+                    teacher,
+                    data,
+                    os.path.join(tmp, f"e2e_{method}_{label}2"),
+                    a.batch,
+                    student=a.student,
+                    cache=cache,
+                    num_train_epochs=1,
+                    workers=a.workers,
+                    logging_steps=10,
+                )
             parts = Breakdown(trainer, sync)
             trainer.train()
             row = {**parts.per_step_ms(), "steps_timed": parts.steps}
             row["images_per_s"] = 1000 * a.batch / row["ms_per_step"]
             out[f"{method}_{label}"] = row
-            print(f"{method:5s} {label:9s} {row['images_per_s']:8.1f} img/s  {row['ms_per_step']:8.1f} ms/step  "
-                  + "  ".join(f"{k} {v:.1f}" for k, v in row["breakdown_ms"].items()))
+            print(
+                f"{method:5s} {label:9s} {row['images_per_s']:8.1f} img/s  {row['ms_per_step']:8.1f} ms/step  "
+                + "  ".join(f"{k} {v:.1f}" for k, v in row["breakdown_ms"].items())
+            )
     return out
 
 
@@ -315,11 +387,20 @@ def main(argv=None):
         part1 = per_method(a, teacher, sync, tmp)
         part2 = end_to_end(a, sync, tmp) if a.e2e_samples else {}
     malloc_env = {k: os.environ[k] for k in MALLOC_ENV if k in os.environ}
-    command = " ".join([*(f"{k}={v}" for k, v in malloc_env.items()), "python scripts/benchmark_speed.py", *(argv or sys.argv[1:])])
-    result = {"device": device_name(a.device), "device_type": a.device, "torch": torch.__version__,
-              "date": datetime.date.today().isoformat(), "command": command, "malloc_env": malloc_env,
-              "settings": {k: v for k, v in vars(a).items() if k not in ("readme", "output", "build_cache_first")},
-              "per_method": part1, "end_to_end": part2}
+    command = " ".join(
+        [*(f"{k}={v}" for k, v in malloc_env.items()), "python scripts/benchmark_speed.py", *(argv or sys.argv[1:])]
+    )
+    result = {
+        "device": device_name(a.device),
+        "device_type": a.device,
+        "torch": torch.__version__,
+        "date": datetime.date.today().isoformat(),
+        "command": command,
+        "malloc_env": malloc_env,
+        "settings": {k: v for k, v in vars(a).items() if k not in ("readme", "output", "build_cache_first")},
+        "per_method": part1,
+        "end_to_end": part2,
+    }
     path = a.output or os.path.join(ROOT, "results", f"speed_{a.device}.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     with open(path, "w") as f:

@@ -9,6 +9,7 @@ cached are skipped; a cache killed half-way is completed. Distilling with ``--te
 builds the cache during the first run instead; this script pays off when several students, methods
 or seeds will read it, or to keep the GPU free of teacher work. Caching does not pay for one short run.
 """
+
 import os
 import sys
 
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from hf_mkcd.data import DataArguments
-from hf_mkcd.run import ModelArguments, build, parse_args, setup_logging
+from hf_mkcd.run import ModelArguments, build, main_guard, parse_args, setup_logging
 from hf_mkcd.trainer import DistillationTrainingArguments
 
 
@@ -29,22 +30,30 @@ def main(argv=None):
     trainer, data = build(model_args, data_args, args)
     cache = trainer.teacher_cache
     if cache is None:
-        raise SystemExit(f"method {args.method!r} reads teacher outputs that are not cached (stage maps): nothing to do")
+        raise SystemExit(
+            f"method {args.method!r} reads teacher outputs that are not cached (stage maps): nothing to do"
+        )
     distiller, transform = trainer.distiller, data.train.format["format_kwargs"]["transform"]
     epochs = int(-(-args.num_train_epochs // 1))
-    loader = DataLoader(data.train, batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers)
+    loader = DataLoader(
+        data.train, batch_size=args.per_device_train_batch_size, num_workers=args.dataloader_num_workers
+    )
     for epoch in tqdm(range(epochs), desc="epochs"):
         transform.set_epoch(epoch)
         if cache.complete(epoch, distiller.teacher_needs, distiller.views):
             continue  # a partial epoch is completed: its written rows are read, the rest computed
         for batch in loader:
             views = {v: batch[f"pixel_values_{v}"].to(args.device) for v in distiller.views}
-            trainer._teacher_outputs({k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}, views)
+            trainer._teacher_outputs(
+                {k: v.to(args.device) if torch.is_tensor(v) else v for k, v in batch.items()}, views
+            )
         cache.flush()
-    print(f"teacher cache {os.path.abspath(args.teacher_cache)}: {epochs} epochs of {', '.join(distiller.teacher_needs)}"
-          f" for {len(data.train)} samples; the teacher ran on {cache.misses} of them")
+    print(
+        f"teacher cache {os.path.abspath(args.teacher_cache)}: {epochs} epochs of {', '.join(distiller.teacher_needs)}"
+        f" for {len(data.train)} samples; the teacher ran on {cache.misses} of them"
+    )
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main_guard(main))  # a failure's last line is its cause and what to do

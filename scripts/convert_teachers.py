@@ -12,6 +12,7 @@ directories whose name is a CIFAR-zoo model are converted too). Each becomes ``<
 label names and normalisation, and a README whose accuracy is measured on ``--eval_dataset`` when one is
 given, never copied from a paper. ``--push_to ORG`` uploads each to ``ORG/cifar100-<name>``.
 """
+
 import argparse
 import hashlib
 import json
@@ -23,10 +24,14 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-SOURCE = ("the KD literature's standard CIFAR-100 teachers (RepDistiller's `*_vanilla/ckpt_epoch_240.pth`, "
-          "released as `cifar_teachers.tar` by mdistiller)")
-ZOO_CITATION = ("@inproceedings{tian2020contrastive,\n  title={Contrastive Representation Distillation},\n"
-                "  author={Tian, Yonglong and Krishnan, Dilip and Isola, Phillip},\n  booktitle={ICLR},\n  year={2020}\n}")
+SOURCE = (
+    "the KD literature's standard CIFAR-100 teachers (RepDistiller's `*_vanilla/ckpt_epoch_240.pth`, "
+    "released as `cifar_teachers.tar` by mdistiller)"
+)
+ZOO_CITATION = (
+    "@inproceedings{tian2020contrastive,\n  title={Contrastive Representation Distillation},\n"
+    "  author={Tian, Yonglong and Krishnan, Dilip and Isola, Phillip},\n  booktitle={ICLR},\n  year={2020}\n}"
+)
 
 
 def timm_name(directory_name: str):
@@ -68,7 +73,7 @@ def convert(checkpoint: str, name: str, output_dir: str, data=None, label_names=
 
     model = load_teacher(name, checkpoint=checkpoint)
     cfg = model.pretrained_cfg
-    out = os.path.join(output_dir, f"cifar100-{name[len('cifar_'):]}")
+    out = os.path.join(output_dir, f"cifar100-{name[len('cifar_') :]}")
     os.makedirs(out, exist_ok=True)
     names = label_names or [f"LABEL_{i}" for i in range(model.num_classes)]
     save_for_hf(model, out, safe_serialization=True, model_config={"label_names": names})
@@ -81,25 +86,59 @@ def convert(checkpoint: str, name: str, output_dir: str, data=None, label_names=
     repo_name = os.path.basename(out)
     eval_results = None
     if accuracy:
-        eval_results = [EvalResult(task_type="image-classification", dataset_type=data.name, dataset_name=data.name,
-                                   dataset_split=data.split, metric_type="accuracy", metric_value=round(accuracy["top1"], 6)),
-                        EvalResult(task_type="image-classification", dataset_type=data.name, dataset_name=data.name,
-                                   dataset_split=data.split, metric_type="top_5_accuracy",
-                                   metric_value=round(accuracy["top5"], 6))]
-        text = (f"Measured by this conversion on `{data.name}` ({data.split}, {accuracy['samples']:,} images): "
-                f"**top-1 {100 * accuracy['top1']:.2f} %**, top-5 {100 * accuracy['top5']:.2f} %.")
+        eval_results = [
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=data.name,
+                dataset_name=data.name,
+                dataset_split=data.split,
+                metric_type="accuracy",
+                metric_value=round(accuracy["top1"], 6),
+            ),
+            EvalResult(
+                task_type="image-classification",
+                dataset_type=data.name,
+                dataset_name=data.name,
+                dataset_split=data.split,
+                metric_type="top_5_accuracy",
+                metric_value=round(accuracy["top5"], 6),
+            ),
+        ]
+        text = (
+            f"Measured by this conversion on `{data.name}` ({data.split}, {accuracy['samples']:,} images): "
+            f"**top-1 {100 * accuracy['top1']:.2f} %**, top-5 {100 * accuracy['top5']:.2f} %."
+        )
     else:
-        text = ("Not measured by this conversion (no `--eval_dataset` was given): evaluate it on the CIFAR-100 test split "
-                "before relying on it.")
+        text = (
+            "Not measured by this conversion (no `--eval_dataset` was given): evaluate it on the CIFAR-100 test split "
+            "before relying on it."
+        )
     card = ModelCard.from_template(
-        ModelCardData(library_name="timm", pipeline_tag="image-classification", license="mit", model_name=repo_name,
-                      tags=["image-classification", "timm", "hf_mkcd", "knowledge-distillation", "cifar100"],
-                      datasets=["uoft-cs/cifar100"], metrics=["accuracy"], eval_results=eval_results),
-        template_str=template("teacher"), model_name=repo_name, repo_id=repo_name, architecture=name[len("cifar_"):],
-        timm_name=name, source=SOURCE, accuracy_text=text, image_size=cfg["input_size"][-1],
-        mean=list(cfg["mean"]), std=list(cfg["std"]), checkpoint=os.path.relpath(checkpoint),
-        checkpoint_sha256=sha256(checkpoint), params=f"{sum(p.numel() for p in model.parameters()):,}",
-        citations=ZOO_CITATION)
+        ModelCardData(
+            library_name="timm",
+            pipeline_tag="image-classification",
+            license="mit",
+            model_name=repo_name,
+            tags=["image-classification", "timm", "hf_mkcd", "knowledge-distillation", "cifar100"],
+            datasets=["uoft-cs/cifar100"],
+            metrics=["accuracy"],
+            eval_results=eval_results,
+        ),
+        template_str=template("teacher"),
+        model_name=repo_name,
+        repo_id=repo_name,
+        architecture=name[len("cifar_") :],
+        timm_name=name,
+        source=SOURCE,
+        accuracy_text=text,
+        image_size=cfg["input_size"][-1],
+        mean=list(cfg["mean"]),
+        std=list(cfg["std"]),
+        checkpoint=os.path.relpath(checkpoint),
+        checkpoint_sha256=sha256(checkpoint),
+        params=f"{sum(p.numel() for p in model.parameters()):,}",
+        citations=ZOO_CITATION,
+    )
     card.save(os.path.join(out, "README.md"))
     return out
 
@@ -108,8 +147,13 @@ def eval_data(dataset: str, split: str, max_samples):
     from hf_mkcd.data import DataArguments, prepare_datasets
     from hf_mkcd.models import CIFAR100_MEAN, CIFAR100_STD
 
-    prepared = prepare_datasets(DataArguments(dataset_name=dataset, eval_split=split, max_eval_samples=max_samples),
-                                3, 32, CIFAR100_MEAN, CIFAR100_STD)
+    prepared = prepare_datasets(
+        DataArguments(dataset_name=dataset, eval_split=split, max_eval_samples=max_samples),
+        3,
+        32,
+        CIFAR100_MEAN,
+        CIFAR100_STD,
+    )
     prepared.name, prepared.split = dataset, split
     return prepared
 
@@ -149,12 +193,16 @@ def main(argv=None):
         from hf_mkcd.hub import hub_reachable, unreachable_reason
 
         if not hub_reachable():
-            sys.exit(f"error: the Hugging Face Hub cannot be reached ({unreachable_reason()}); the converted teachers "
-                     f"are in {a.output_dir}: push them later")
+            sys.exit(
+                f"error: the Hugging Face Hub cannot be reached ({unreachable_reason()}); the converted teachers "
+                f"are in {a.output_dir}: push them later"
+            )
         api = HfApi()
         for out in converted:
             repo = api.create_repo(f"{a.push_to}/{os.path.basename(out)}", private=a.hub_private_repo, exist_ok=True)
-            api.upload_folder(folder_path=out, repo_id=repo.repo_id, commit_message="Add the converted CIFAR-100 teacher")
+            api.upload_folder(
+                folder_path=out, repo_id=repo.repo_id, commit_message="Add the converted CIFAR-100 teacher"
+            )
             print(f"pushed {out} to {repo}")
     return 0
 

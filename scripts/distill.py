@@ -5,26 +5,24 @@ r"""Distil a teacher into a student with any registered method.
         --output_dir students/mkcd-resnet8x4
     accelerate launch scripts/distill.py recipes/cifar100/resnet32x4_resnet8x4_mkcd.yaml [--flag value ...]
 
-Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe of the KD literature (docs/methods.md). The output
-directory ends up holding the student (``AutoModelForImageClassification.from_pretrained`` after
+Every TrainingArguments flag works; the defaults are the CIFAR-100 recipe of the KD literature (docs/methods.md).
+The output directory ends up holding the student (``AutoModelForImageClassification.from_pretrained`` after
 ``import hf_mkcd``), its image processor, all_results.json, trainer_state.json and run_config.yaml.
 """
+
 import sys
 
 from hf_mkcd.data import DataArguments
-from hf_mkcd.hub import HubUnavailableError
-from hf_mkcd.run import ModelArguments, parse_args, run
+from hf_mkcd.run import ModelArguments, main_guard, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 
 
 def main(argv=None):
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv,
-                                                      description=__doc__)
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, DistillationTrainingArguments), argv, description=__doc__
+    )
     return run(model_args, data_args, training_args)
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HubUnavailableError as err:  # one line, not a traceback: everything local is saved
-        sys.exit(f"error: {err}")
+    sys.exit(main_guard(main))  # a failure's last line is its cause and what to do

@@ -12,6 +12,7 @@ a renderer below that reads one results file:
 * ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
 * ``hyperparameters`` each method's class (docs/methods.md)
 """
+
 import argparse
 import json
 import os
@@ -30,41 +31,64 @@ def _load(path):
 def quickstart() -> str:
     r = _load("results/quickstart.json")
     a = r["args"]
-    lines = [f"Measured by `{r['command']}` ({r['device']}; teacher {a['teacher_epochs']:g} epochs, students {a['epochs']:g} epochs each, seed {a['seed']}, "
-             f"{a['eval_samples']:,} Fashion-MNIST test images, {r.get('train_minutes', r['wall_minutes']):.1f} minutes of training "
-             "in all; minutes per model are its training time):", "",
-             "| model | role | train images | top-1 | top-5 | minutes |", "|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured by `{r['command']}` ({r['device']}; teacher {a['teacher_epochs']:g} epochs, students "
+        f"{a['epochs']:g} epochs each, seed {a['seed']}, "
+        f"{a['eval_samples']:,} Fashion-MNIST test images, {r.get('train_minutes', r['wall_minutes']):.1f} minutes "
+        "of training "
+        "in all; minutes per model are its training time):",
+        "",
+        "| model | role | train images | top-1 | top-5 | minutes |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
-        lines.append(f"| `{row['model']}` | {row['role']} | {row['train_samples']:,} | {100 * row['top1']:.2f} | "
-                     f"{100 * row['top5']:.2f} | {row['minutes']:.1f} |")
+        lines.append(
+            f"| `{row['model']}` | {row['role']} | {row['train_samples']:,} | {100 * row['top1']:.2f} | "
+            f"{100 * row['top5']:.2f} | {row['minutes']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
 def _speed_table(r) -> list:
     s, pm = r["settings"], r["per_method"]
-    lines = [f"**{r['device']}** (`{r['command']}`, {r['date']}): `{s['teacher']}` -> `{s['student']}`, batch {s['batch']}, "
-             f"{s['image_size']}x{s['image_size']}, {s['classes']} classes; median of {s['steps']} steps after "
-             f"{s['warmup']} warm-up steps. Floor = one teacher forward ({pm['teacher_forward_ms']:.0f} ms) + one "
-             f"cross-entropy-only student step ({pm['ce_step_ms']:.0f} ms) = **{pm['floor_ms']:.0f} ms**.", "",
-             "| method | ms / step | x floor | cached: ms / step | cached: x floor |", "|---|---|---|---|---|"]
+    lines = [
+        f"**{r['device']}** (`{r['command']}`, {r['date']}): `{s['teacher']}` -> `{s['student']}`, batch {s['batch']}, "
+        f"{s['image_size']}x{s['image_size']}, {s['classes']} classes; median of {s['steps']} steps after "
+        f"{s['warmup']} warm-up steps. Floor = one teacher forward ({pm['teacher_forward_ms']:.0f} ms) + one "
+        f"cross-entropy-only student step ({pm['ce_step_ms']:.0f} ms) = **{pm['floor_ms']:.0f} ms**.",
+        "",
+        "| method | ms / step | x floor | cached: ms / step | cached: x floor |",
+        "|---|---|---|---|---|",
+    ]
     for method, row in pm["methods"].items():
-        cached = (f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f}" if row.get("cached_ms") else "- | -")
+        cached = f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f}" if row.get("cached_ms") else "- | -"
         lines.append(f"| `{method}` | {row['ms']:.0f} | {row['x_floor']:.2f} | {cached} |")
     if pm.get("plain_kd_ms") and "kd" in pm["methods"]:
         kd = pm["methods"]["kd"]
-        lines += ["", f"Side by side in the same rounds, a KD step written as the reference CIFAR loops run it (plain "
-                      f"PyTorch, NCHW tensors) takes {pm['plain_kd_ms']:.0f} ms: hf_mkcd's KD step is "
-                      f"{kd['ms'] / pm['plain_kd_ms']:.2f}x of it, {kd['cached_ms'] / pm['plain_kd_ms']:.2f}x with the "
-                      "teacher cache."]
+        lines += [
+            "",
+            f"Side by side in the same rounds, a KD step written as the reference CIFAR loops run it (plain "
+            f"PyTorch, NCHW tensors) takes {pm['plain_kd_ms']:.0f} ms: hf_mkcd's KD step is "
+            f"{kd['ms'] / pm['plain_kd_ms']:.2f}x of it, {kd['cached_ms'] / pm['plain_kd_ms']:.2f}x with the "
+            "teacher cache.",
+        ]
     e2e = r.get("end_to_end") or {}
     if e2e:
         parts = list(next(iter(e2e.values()))["breakdown_ms"])
-        lines += ["", f"Whole Trainer, real data pipeline (Fashion-MNIST padded to {s['image_size']}x{s['image_size']} RGB, "
-                      f"{s['e2e_samples']:,} images, {s['workers']} DataLoader workers), ms per step by part:", "",
-                  "| run | images / s | ms / step | " + " | ".join(parts) + " |", "|---" * (3 + len(parts)) + "|"]
+        lines += [
+            "",
+            f"Whole Trainer, real data pipeline (Fashion-MNIST padded to {s['image_size']}x{s['image_size']} RGB, "
+            f"{s['e2e_samples']:,} images, {s['workers']} DataLoader workers), ms per step by part:",
+            "",
+            "| run | images / s | ms / step | " + " | ".join(parts) + " |",
+            "|---" * (3 + len(parts)) + "|",
+        ]
         for name, row in e2e.items():
-            lines.append(f"| {name.replace('_', ' ')} | {row['images_per_s']:.0f} | {row['ms_per_step']:.0f} | "
-                         + " | ".join(f"{row['breakdown_ms'][p]:.0f}" for p in parts) + " |")
+            lines.append(
+                f"| {name.replace('_', ' ')} | {row['images_per_s']:.0f} | {row['ms_per_step']:.0f} | "
+                + " | ".join(f"{row['breakdown_ms'][p]:.0f}" for p in parts)
+                + " |"
+            )
     return lines
 
 
@@ -72,14 +96,20 @@ def _malloc_table(default, tuned) -> list:
     """The same benchmark run twice, glibc's allocator left alone and told to keep large blocks."""
     env = " ".join(f"{k}={v}" for k, v in tuned["malloc_env"].items())
     d, t = default["per_method"], tuned["per_method"]
-    lines = [f"The same benchmark with glibc told to keep large blocks (`{env}`, {tuned['date']}; a separate run, so "
-             "compare the ratios):", "", "| step | default: ms | keep large blocks: ms | ratio | x floor then |",
-             "|---|---|---|---|---|",
-             f"| floor | {d['floor_ms']:.0f} | {t['floor_ms']:.0f} | {t['floor_ms'] / d['floor_ms']:.2f} | 1.00 |"]
+    lines = [
+        f"The same benchmark with glibc told to keep large blocks (`{env}`, {tuned['date']}; a separate run, so "
+        "compare the ratios):",
+        "",
+        "| step | default: ms | keep large blocks: ms | ratio | x floor then |",
+        "|---|---|---|---|---|",
+        f"| floor | {d['floor_ms']:.0f} | {t['floor_ms']:.0f} | {t['floor_ms'] / d['floor_ms']:.2f} | 1.00 |",
+    ]
     for method, row in d["methods"].items():
         if method in t["methods"]:
             ms = t["methods"][method]["ms"]
-            lines.append(f"| `{method}` | {row['ms']:.0f} | {ms:.0f} | {ms / row['ms']:.2f} | {ms / t['floor_ms']:.2f} |")
+            lines.append(
+                f"| `{method}` | {row['ms']:.0f} | {ms:.0f} | {ms / row['ms']:.2f} | {ms / t['floor_ms']:.2f} |"
+            )
     return lines
 
 
@@ -89,19 +119,26 @@ def speed() -> str:
         path = f"results/speed_{device}.json"
         if os.path.isfile(os.path.join(ROOT, path)):
             lines += _speed_table(_load(path)) + [""]
-    if os.path.isfile(os.path.join(ROOT, "results/speed_cpu_malloc.json")) and os.path.isfile(os.path.join(ROOT, "results/speed_cpu.json")):
+    if os.path.isfile(os.path.join(ROOT, "results/speed_cpu_malloc.json")) and os.path.isfile(
+        os.path.join(ROOT, "results/speed_cpu.json")
+    ):
         lines += _malloc_table(_load("results/speed_cpu.json"), _load("results/speed_cpu_malloc.json")) + [""]
     return "\n".join(lines)
 
 
 def projector_cost() -> str:
     rows = _load("results/projector_cost.json")
-    lines = ["| teacher -> student | student map | teacher map | student params | MKCD params | MKCD MFLOPs | "
-             "SimKD params | SimKD MFLOPs |", "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| teacher -> student | student map | teacher map | student params | MKCD params | MKCD MFLOPs | "
+        "SimKD params | SimKD MFLOPs |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| `{r['teacher']}` -> `{r['student']}` | {'x'.join(map(str, r['student_map']))} | "
-                     f"{'x'.join(map(str, r['teacher_map']))} | {r['student_params']:,} | {r['mkcd_params']:,} | "
-                     f"{r['mkcd_mflops']:.1f} | {r['simkd_params']:,} | {r['simkd_mflops']:.1f} |")
+        lines.append(
+            f"| `{r['teacher']}` -> `{r['student']}` | {'x'.join(map(str, r['student_map']))} | "
+            f"{'x'.join(map(str, r['teacher_map']))} | {r['student_params']:,} | {r['mkcd_params']:,} | "
+            f"{r['mkcd_mflops']:.1f} | {r['simkd_params']:,} | {r['simkd_mflops']:.1f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -125,12 +162,17 @@ def hyperparameters() -> str:
     return "\n".join(lines) + "\n"
 
 
-RENDERERS = {"quickstart": quickstart, "speed": speed, "projector_cost": projector_cost, "hyperparameters": hyperparameters}
+RENDERERS = {
+    "quickstart": quickstart,
+    "speed": speed,
+    "projector_cost": projector_cost,
+    "hyperparameters": hyperparameters,
+}
 
 
 def render(name: str) -> str:
     if name.startswith("accuracy_"):
-        return accuracy(name[len("accuracy_"):])
+        return accuracy(name[len("accuracy_") :])
     if name not in RENDERERS:
         raise ValueError(f"README marker {name!r} has no renderer; known: {sorted(RENDERERS)}, accuracy_<suite>")
     return RENDERERS[name]()
@@ -158,7 +200,9 @@ def main(argv=None):
             if new != text:
                 import difflib
 
-                sys.stdout.writelines(difflib.unified_diff(text.splitlines(True), new.splitlines(True), path, "generated"))
+                sys.stdout.writelines(
+                    difflib.unified_diff(text.splitlines(True), new.splitlines(True), path, "generated")
+                )
                 stale += 1
             else:
                 print(f"{path}: {sections} generated sections match the results files")

@@ -9,6 +9,7 @@ LR x0.1 after epochs 150, 180 and 210, random crop + flip. Per-pair settings are
 DKD's beta (mdistiller ``configs/cifar100/dkd``), ReviewKD's weight (``dvlab-research/ReviewKD``
 ``CIFAR-100/script/reviewKD.sh``), MLKD's LR and epochs (its ``configs/cifar100/ours``).
 """
+
 import argparse
 import difflib
 import os
@@ -73,29 +74,47 @@ def mkcd_settings() -> dict:
     opts = projector_options(mkcd.projector)
     weights = {k: v for k, v in mkcd.defaults.items() if k.endswith("_weight") and k != "logit_weight"}
     others = {k: v for k, v in mkcd.defaults.items() if k not in weights}
-    return {"temperature_schedule": mkcd.temperature_schedule, **weights,
-            **({"distiller_kwargs": others} if others else {}),
-            "temperature_min": 1.0, "temperature_max": 8.0,
-            "projector_factor": opts["factor"], "projector_latent_ratio": opts["latent_ratio"],
-            "projector_skip": opts["skip"], "projector_residual": opts["residual"]}
+    return {
+        "temperature_schedule": mkcd.temperature_schedule,
+        **weights,
+        **({"distiller_kwargs": others} if others else {}),
+        "temperature_min": 1.0,
+        "temperature_max": 8.0,
+        "projector_factor": opts["factor"],
+        "projector_latent_ratio": opts["latent_ratio"],
+        "projector_skip": opts["skip"],
+        "projector_residual": opts["residual"],
+    }
 
 
 def per_pair(method: str, beta: float, review_weight: float, mlkd: tuple) -> tuple:
     """(comment suffix, recipe keys) a method's references set per pair or per recipe; most methods have none."""
     if method == "dkd":
-        return (f"; beta = {beta:g} for this pair (mdistiller configs/cifar100/dkd)",
-                {"distiller_kwargs": {"alpha": 1.0, "beta": beta, "warmup_epochs": 20.0}})
+        return (
+            f"; beta = {beta:g} for this pair (mdistiller configs/cifar100/dkd)",
+            {"distiller_kwargs": {"alpha": 1.0, "beta": beta, "warmup_epochs": 20.0}},
+        )
     if method == "reviewkd":
-        return (f"; w = {review_weight:g} for this pair (dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh)",
-                {"feat_weight": review_weight})
+        return (
+            f"; w = {review_weight:g} for this pair (dvlab-research/ReviewKD CIFAR-100/script/reviewKD.sh)",
+            {"feat_weight": review_weight},
+        )
     if method == "mlkd":
         lr, epochs = mlkd
-        return f"; LR {lr:g}, {epochs} epochs (MLKD configs/cifar100/ours)", {"learning_rate": lr, "num_train_epochs": epochs}
+        return f"; LR {lr:g}, {epochs} epochs (MLKD configs/cifar100/ours)", {
+            "learning_rate": lr,
+            "num_train_epochs": epochs,
+        }
     if method == "ab":  # the initialisation runs in front of the recipe's 240 epochs
         init = int(get_distiller_class("ab").defaults["init_epochs"])
-        return (f"; {init} initialisation epochs in front of the 240, LR drops shifted by {init}",
-                {"distiller_kwargs": {"init_epochs": float(init)}, "num_train_epochs": 240 + init,
-                 "lr_decay_epochs": [e + init for e in CIFAR_RECIPE["lr_decay_epochs"]]})
+        return (
+            f"; {init} initialisation epochs in front of the 240, LR drops shifted by {init}",
+            {
+                "distiller_kwargs": {"init_epochs": float(init)},
+                "num_train_epochs": 240 + init,
+                "lr_decay_epochs": [e + init for e in CIFAR_RECIPE["lr_decay_epochs"]],
+            },
+        )
     if method == "mkcd":
         return "", mkcd_settings()
     return "", {}
@@ -122,27 +141,61 @@ def recipes() -> dict:
         for method in METHODS:
             comment, settings = method_settings(method, beta, review, mlkd)
             name = f"{teacher}_{student}_{method}"
-            recipe = {"method": method, "model_name_or_path": f"cifar_{student}",
-                      "teacher_model_name_or_path": f"cifar_{teacher}", "teacher_checkpoint": teacher_checkpoint(teacher),
-                      "output_dir": f"runs/cifar100/{name}", "learning_rate": lr, **CIFAR_RECIPE, **settings}
-            out[f"{name}.yaml"] = render([
-                comment, f"cifar_{teacher} -> cifar_{student} on CIFAR-100:",
-                f"  accelerate launch scripts/distill.py recipes/cifar100/{name}.yaml",
-                "Teacher: the community checkpoint (docs/teachers.md: mdistiller's cifar_teachers.tar, extracted into "
-                "download_ckpts/)."], recipe)
+            recipe = {
+                "method": method,
+                "model_name_or_path": f"cifar_{student}",
+                "teacher_model_name_or_path": f"cifar_{teacher}",
+                "teacher_checkpoint": teacher_checkpoint(teacher),
+                "output_dir": f"runs/cifar100/{name}",
+                "learning_rate": lr,
+                **CIFAR_RECIPE,
+                **settings,
+            }
+            out[f"{name}.yaml"] = render(
+                [
+                    comment,
+                    f"cifar_{teacher} -> cifar_{student} on CIFAR-100:",
+                    f"  accelerate launch scripts/distill.py recipes/cifar100/{name}.yaml",
+                    "Teacher: the community checkpoint (docs/teachers.md: mdistiller's cifar_teachers.tar, extracted "
+                    "into "
+                    "download_ckpts/).",
+                ],
+                recipe,
+            )
     for student in sorted({s for _, s, *_ in PAIRS}):
         lr = 0.01 if student in LIGHT_STUDENTS else 0.05
-        recipe = {"method": "none", "model_name_or_path": f"cifar_{student}", "output_dir": f"runs/cifar100/{student}_vanilla",
-                  "learning_rate": lr, **CIFAR_RECIPE}
-        out[f"{student}_vanilla.yaml"] = render([
-            f"Vanilla student (no teacher): cifar_{student} on CIFAR-100, the baseline every method is compared with.",
-            f"  accelerate launch scripts/train_teacher.py recipes/cifar100/{student}_vanilla.yaml"], recipe)
+        recipe = {
+            "method": "none",
+            "model_name_or_path": f"cifar_{student}",
+            "output_dir": f"runs/cifar100/{student}_vanilla",
+            "learning_rate": lr,
+            **CIFAR_RECIPE,
+        }
+        out[f"{student}_vanilla.yaml"] = render(
+            [
+                f"Vanilla student (no teacher): cifar_{student} on CIFAR-100, the baseline every method is compared "
+                "with.",
+                f"  accelerate launch scripts/train_teacher.py recipes/cifar100/{student}_vanilla.yaml",
+            ],
+            recipe,
+        )
     for teacher in sorted({t for t, *_ in PAIRS}):
-        recipe = {"method": "none", "model_name_or_path": f"cifar_{teacher}", "output_dir": f"teachers/{teacher}",
-                  "learning_rate": 0.05, **CIFAR_RECIPE}
-        out[f"teacher_{teacher}.yaml"] = render([
-            f"Teacher cifar_{teacher} trained from scratch on CIFAR-100 (the community checkpoints were made with this "
-            "recipe).", f"  accelerate launch scripts/train_teacher.py recipes/cifar100/teacher_{teacher}.yaml"], recipe)
+        recipe = {
+            "method": "none",
+            "model_name_or_path": f"cifar_{teacher}",
+            "output_dir": f"teachers/{teacher}",
+            "learning_rate": 0.05,
+            **CIFAR_RECIPE,
+        }
+        out[f"teacher_{teacher}.yaml"] = render(
+            [
+                f"Teacher cifar_{teacher} trained from scratch on CIFAR-100 (the community checkpoints were made "
+                "with this "
+                "recipe).",
+                f"  accelerate launch scripts/train_teacher.py recipes/cifar100/teacher_{teacher}.yaml",
+            ],
+            recipe,
+        )
     return out
 
 

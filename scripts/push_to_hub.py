@@ -1,13 +1,15 @@
-"""Publish a finished run (a distilled student, or a classifier from train_teacher.py) to the Hugging Face Hub.
+r"""Publish a finished run (a distilled student, or a classifier from train_teacher.py) to the Hugging Face Hub.
 
     python scripts/push_to_hub.py students/mkcd-resnet8x4 --hub_model_id me/resnet8x4-mkcd-cifar100
-    python scripts/push_to_hub.py runs/quickstart/student_mkcd --hub_model_id me/x --vanilla_dir runs/quickstart/student_none
+    python scripts/push_to_hub.py runs/quickstart/student_mkcd --hub_model_id me/x \
+        --vanilla_dir runs/quickstart/student_none
 
 Writes the run's model card (README.md: metadata with a model-index, results, training curves, recipe, usage,
 citations), then uploads weights, config, the model's code, the image processor, the card and its plot,
 run_config.yaml and all_results.json. ``--card_only`` writes the card without uploading. Offline it stops in
 one line and changes nothing but the local card. ``HF_ENDPOINT`` selects another Hub-compatible server.
 """
+
 import argparse
 import sys
 

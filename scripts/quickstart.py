@@ -18,6 +18,7 @@ images, and writes the model card of the MKCD student. Where things go:
 Rerunning the same command finds the finished runs and only prints the table again; ``--overwrite_output_dir``
 trains them anew.
 """
+
 import argparse
 import datetime
 import json
@@ -40,8 +41,11 @@ ROLES = {"none": "vanilla student", "kd": "KD", "mkcd": "MKCD"}
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--output_dir", default=os.path.join(ROOT, "runs", "quickstart"))
-    p.add_argument("--refresh_examples", action="store_true",
-                   help="also write results/quickstart.json and model_cards/examples/ (the committed examples)")
+    p.add_argument(
+        "--refresh_examples",
+        action="store_true",
+        help="also write results/quickstart.json and model_cards/examples/ (the committed examples)",
+    )
     p.add_argument("--results", default=None, help="write the table's numbers to this JSON file")
     p.add_argument("--card_example", default="", help="copy the MKCD student's rendered card into this directory")
     p.add_argument("--overwrite_output_dir", action="store_true", help="train every model anew in --output_dir")
@@ -67,51 +71,100 @@ def main(argv=None):
         t0 = time.time()
         metrics = run(
             ModelArguments(model_name_or_path=model, teacher_model_name_or_path=teacher),
-            DataArguments(dataset_name=a.dataset_name, max_train_samples=n_train, max_eval_samples=a.eval_samples,
-                          image_size=a.image_size, split_seed=a.seed if name == "teacher" else a.seed + 1),
+            DataArguments(
+                dataset_name=a.dataset_name,
+                max_train_samples=n_train,
+                max_eval_samples=a.eval_samples,
+                image_size=a.image_size,
+                split_seed=a.seed if name == "teacher" else a.seed + 1,
+            ),
             DistillationTrainingArguments(
-                output_dir=out, method=method, num_train_epochs=epochs, per_device_train_batch_size=64,
-                learning_rate=0.05, lr_scheduler_type="cosine", eval_strategy="no", save_strategy="epoch",
-                save_total_limit=1, logging_steps=25, use_cpu=True, seed=a.seed, report_to="none",
-                overwrite_output_dir=a.overwrite_output_dir),
+                output_dir=out,
+                method=method,
+                num_train_epochs=epochs,
+                per_device_train_batch_size=64,
+                learning_rate=0.05,
+                lr_scheduler_type="cosine",
+                eval_strategy="no",
+                save_strategy="epoch",
+                save_total_limit=1,
+                logging_steps=25,
+                use_cpu=True,
+                seed=a.seed,
+                report_to="none",
+                overwrite_output_dir=a.overwrite_output_dir,
+            ),
         )
         with open(os.path.join(out, "all_results.json")) as f:  # a finished run found again keeps its own time
             train_runtime = json.load(f).get("train_runtime")
-        return {"name": name, "method": method, "role": "teacher" if name == "teacher" else ROLES.get(method, method),
-                "model": model, "train_samples": n_train, "top1": metrics["eval_top1"], "top5": metrics["eval_top5"],
-                "minutes": train_runtime / 60 if train_runtime else (time.time() - t0) / 60,
-                "output_dir": os.path.relpath(out, ROOT)}
+        return {
+            "name": name,
+            "method": method,
+            "role": "teacher" if name == "teacher" else ROLES.get(method, method),
+            "model": model,
+            "train_samples": n_train,
+            "top1": metrics["eval_top1"],
+            "top5": metrics["eval_top5"],
+            "minutes": train_runtime / 60 if train_runtime else (time.time() - t0) / 60,
+            "output_dir": os.path.relpath(out, ROOT),
+        }
 
     rows = [job("teacher", "none", a.teacher, a.teacher_train_samples, a.teacher_epochs)]
     teacher_dir = os.path.join(a.output_dir, "teacher")
     for method in a.methods:
-        rows.append(job(f"student_{method}", method, a.student, a.student_train_samples, a.epochs,
-                        teacher=None if method == "none" else teacher_dir))
+        rows.append(
+            job(
+                f"student_{method}",
+                method,
+                a.student,
+                a.student_train_samples,
+                a.epochs,
+                teacher=None if method == "none" else teacher_dir,
+            )
+        )
     if "mkcd" in a.methods:
         from hf_mkcd.model_card import write_student_card
 
-        card = write_student_card(os.path.join(a.output_dir, "student_mkcd"), "hf-mkcd/quickstart-fmnist-resnet20-mkcd",
-                                  os.path.join(a.output_dir, "student_none") if "none" in a.methods else None)
+        card = write_student_card(
+            os.path.join(a.output_dir, "student_mkcd"),
+            "hf-mkcd/quickstart-fmnist-resnet20-mkcd",
+            os.path.join(a.output_dir, "student_none") if "none" in a.methods else None,
+        )
         if a.card_example:
             os.makedirs(a.card_example, exist_ok=True)
             shutil.copy(card, os.path.join(a.card_example, "quickstart_mkcd_student.md"))
-            shutil.copy(os.path.join(a.output_dir, "student_mkcd", "training_curves.png"),
-                        os.path.join(a.card_example, "training_curves.png"))
+            shutil.copy(
+                os.path.join(a.output_dir, "student_mkcd", "training_curves.png"),
+                os.path.join(a.card_example, "training_curves.png"),
+            )
     print(f"\n{a.dataset_name} ({a.eval_samples} test images, {a.image_size}x{a.image_size}), seed {a.seed}")
     print(f"{'model':22s} {'role':16s} {'train imgs':>10s} {'top-1':>7s} {'top-5':>7s} {'minutes':>8s}")
     for r in rows:
-        print(f"{r['model']:22s} {r['role']:16s} {r['train_samples']:>10d} {100 * r['top1']:>7.2f} "
-              f"{100 * r['top5']:>7.2f} {r['minutes']:>8.1f}")
+        print(
+            f"{r['model']:22s} {r['role']:16s} {r['train_samples']:>10d} {100 * r['top1']:>7.2f} "
+            f"{100 * r['top5']:>7.2f} {r['minutes']:>8.1f}"
+        )
     if a.results:
         os.makedirs(os.path.dirname(a.results) or ".", exist_ok=True)
-        args = {k: v for k, v in vars(a).items()
-                if k not in ("output_dir", "results", "card_example", "refresh_examples", "overwrite_output_dir")}
+        args = {
+            k: v
+            for k, v in vars(a).items()
+            if k not in ("output_dir", "results", "card_example", "refresh_examples", "overwrite_output_dir")
+        }
         with open(a.results, "w") as f:
-            json.dump({"command": "python scripts/quickstart.py" + "".join(f" {x}" for x in (argv or sys.argv[1:])),
-                       "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",
-                       "date": datetime.date.today().isoformat(), "wall_minutes": (time.time() - start) / 60,
-                       "train_minutes": sum(r["minutes"] for r in rows),
-                       "args": args, "rows": rows}, f, indent=2)
+            json.dump(
+                {
+                    "command": "python scripts/quickstart.py" + "".join(f" {x}" for x in (argv or sys.argv[1:])),
+                    "device": f"{platform.machine()} CPU, {os.cpu_count()} cores",
+                    "date": datetime.date.today().isoformat(),
+                    "wall_minutes": (time.time() - start) / 60,
+                    "train_minutes": sum(r["minutes"] for r in rows),
+                    "args": args,
+                    "rows": rows,
+                },
+                f,
+                indent=2,
+            )
         print(f"\nwrote {a.results}")
     return 0
 

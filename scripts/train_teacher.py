@@ -7,17 +7,19 @@
 The output directory loads as a teacher (``--teacher_model_name_or_path teachers/resnet32x4``) and as
 a model (``AutoModelForImageClassification.from_pretrained`` after ``import hf_mkcd``).
 """
+
 import sys
 
 from hf_mkcd.data import DataArguments
-from hf_mkcd.hub import HubUnavailableError
-from hf_mkcd.run import ModelArguments, parse_args, run
+from hf_mkcd.run import ModelArguments, main_guard, parse_args, run
 from hf_mkcd.trainer import DistillationTrainingArguments
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
-    model_args, data_args, training_args = parse_args((ModelArguments, DataArguments, DistillationTrainingArguments), argv)
+    model_args, data_args, training_args = parse_args(
+        (ModelArguments, DataArguments, DistillationTrainingArguments), argv
+    )
     if training_args.method != "none" or model_args.teacher_model_name_or_path:
         training_args.method = "none"
         if model_args.teacher_model_name_or_path:
@@ -26,7 +28,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except HubUnavailableError as err:  # one line, not a traceback: everything local is saved
-        sys.exit(f"error: {err}")
+    sys.exit(main_guard(main))  # a failure's last line is its cause and what to do

@@ -19,13 +19,15 @@ def rng():
     return torch.Generator().manual_seed(0)
 
 
-def tiny_data(size: int = 16, n_train: int = 64, n_eval: int = 32, channels: int = 1, augmentation: str = "crop_flip",
-              views=()):
+def tiny_data(
+    size: int = 16, n_train: int = 64, n_eval: int = 32, channels: int = 1, augmentation: str = "crop_flip", views=()
+):
     """scikit-learn's real 8x8 digits, upsampled to ``size``: tiny, offline, 10 classes."""
     from hf_mkcd.data import DataArguments, prepare_datasets
 
-    args = DataArguments(dataset_name="digits", max_train_samples=n_train, max_eval_samples=n_eval,
-                         augmentation=augmentation)
+    args = DataArguments(
+        dataset_name="digits", max_train_samples=n_train, max_eval_samples=n_eval, augmentation=augmentation
+    )
     return prepare_datasets(args, channels, size, views=views)
 
 
@@ -43,19 +45,37 @@ def tiny_student(teacher, method: str, data, seed: int = 1, backbone: str = "cif
     cls = get_distiller_class(method)
     torch.manual_seed(seed)
     return MKCDStudentForImageClassification.from_teacher(
-        teacher, backbone, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=16,
-        image_mean=data.mean, image_std=data.std)
+        teacher,
+        backbone,
+        projector=cls.projector,
+        head=cls.head,
+        id2label=data.id2label,
+        image_size=16,
+        image_mean=data.mean,
+        image_std=data.std,
+    )
 
 
 def tiny_args(output_dir, **kwargs):
     from hf_mkcd.trainer import DistillationTrainingArguments
 
-    defaults = dict(output_dir=str(output_dir), max_steps=4, per_device_train_batch_size=16, learning_rate=0.05,
-                    use_cpu=True, eval_strategy="no", save_strategy="no", logging_steps=1, report_to="none",
-                    lr_decay_epochs=[0], dataloader_num_workers=0, disable_tqdm=True, seed=0)
+    defaults = dict(
+        output_dir=str(output_dir),
+        max_steps=4,
+        per_device_train_batch_size=16,
+        learning_rate=0.05,
+        use_cpu=True,
+        eval_strategy="no",
+        save_strategy="no",
+        logging_steps=1,
+        report_to="none",
+        lr_decay_epochs=[0],
+        dataloader_num_workers=0,
+        disable_tqdm=True,
+        seed=0,
+    )
     defaults.update(kwargs)
     return DistillationTrainingArguments(**defaults)
-
 
 
 class StopAt(TrainerCallback):

@@ -1,4 +1,5 @@
 """Run under torchrun by test_ddp.py: 3 distillation steps, then check every rank holds the same student."""
+
 import os
 import sys
 
@@ -14,8 +15,15 @@ def main(output_dir, use_cpu, method="mkcd"):
     data = tiny_data()
     teacher = tiny_teacher()
     student = tiny_student(teacher, method, data)
-    args = tiny_args(output_dir, method=method, max_steps=3, per_device_train_batch_size=8, use_cpu=use_cpu == "1",
-                     save_strategy="steps", save_steps=3)
+    args = tiny_args(
+        output_dir,
+        method=method,
+        max_steps=3,
+        per_device_train_batch_size=8,
+        use_cpu=use_cpu == "1",
+        save_strategy="steps",
+        save_steps=3,
+    )
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
     trainer.train()
     # student weights and the method's state (CRD's memory bank: updated from every rank's samples)

@@ -6,6 +6,7 @@
 A "write" is any model, optimizer, scheduler, RNG or trainer-state file a checkpoint or the final save writes:
 half of its bytes reach the disk, then the process dies, as a power cut or an OOM kill would leave it.
 """
+
 import io
 import os
 import signal

@@ -10,6 +10,7 @@ gated repositories, pull requests, Xet/LFS storage, rate limits or server-side c
         ...
         hub.repos["org/name"]["files"]  # what was committed
 """
+
 import base64
 import hashlib
 import json
@@ -88,13 +89,22 @@ class HubStandIn:
 
     def _info(self, repo_id):
         repo = self.repos[repo_id]
-        return {"id": repo_id, "modelId": repo_id, "sha": repo["sha"], "private": repo["private"],
-                "siblings": [{"rfilename": p} for p in sorted(repo["files"])], "tags": [], "downloads": 0}
+        return {
+            "id": repo_id,
+            "modelId": repo_id,
+            "sha": repo["sha"],
+            "private": repo["private"],
+            "siblings": [{"rfilename": p} for p in sorted(repo["files"])],
+            "tags": [],
+            "downloads": 0,
+        }
 
     def handle(self, h, method, parts):
         if parts[:3] == ["api", "repos", "create"] and method == "POST":
             body = json.loads(h._body() or b"{}")
-            repo_id = f"{body.get('organization') or 'user'}/{body['name']}" if "/" not in body["name"] else body["name"]
+            repo_id = (
+                f"{body.get('organization') or 'user'}/{body['name']}" if "/" not in body["name"] else body["name"]
+            )
             with self.lock:
                 self.repos.setdefault(repo_id, {"files": {}, "sha": "0" * 40, "private": bool(body.get("private"))})
             return h._send(200, {"url": f"{self.url}/{repo_id}", "name": repo_id, "id": repo_id})
@@ -110,25 +120,43 @@ class HubStandIn:
             if rest[0] == "preupload" and method == "POST":
                 files = json.loads(h._body())["files"]
                 self.repos[repo_id]  # KeyError -> 404
-                return h._send(200, {"files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False}
-                                               for f in files], "commitOid": self.repos[repo_id]["sha"]})
+                return h._send(
+                    200,
+                    {
+                        "files": [{"path": f["path"], "uploadMode": "regular", "shouldIgnore": False} for f in files],
+                        "commitOid": self.repos[repo_id]["sha"],
+                    },
+                )
             if rest[0] == "commit" and method == "POST":
                 return self._commit(h, repo_id)
             if rest[0] == "tree":
                 repo = self.repos[repo_id]
-                return h._send(200, [{"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
-                                     for p, b in sorted(repo["files"].items())])
+                return h._send(
+                    200,
+                    [
+                        {"type": "file", "path": p, "size": len(b), "oid": hashlib.sha1(b).hexdigest()}
+                        for p, b in sorted(repo["files"].items())
+                    ],
+                )
             return h._send(404, {"error": f"stand-in has no route {parts}"})
         if len(parts) >= 5 and parts[2] == "resolve":
             repo_id, file_path = self._repo_id(parts), "/".join(parts[4:])
             repo = self.repos[repo_id]
             if file_path not in repo["files"]:
-                return h._send(404, {"error": "entry not found"}, {"X-Error-Code": "EntryNotFound",
-                                                                   "X-Repo-Commit": repo["sha"]}, head=method == "HEAD")
+                return h._send(
+                    404,
+                    {"error": "entry not found"},
+                    {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": repo["sha"]},
+                    head=method == "HEAD",
+                )
             data = repo["files"][file_path]
             etag = f'"{hashlib.sha256(data).hexdigest()}"'
-            return h._send(200, data, {"X-Repo-Commit": repo["sha"], "ETag": etag,
-                                       "Content-Type": "application/octet-stream"}, head=method == "HEAD")
+            return h._send(
+                200,
+                data,
+                {"X-Repo-Commit": repo["sha"], "ETag": etag, "Content-Type": "application/octet-stream"},
+                head=method == "HEAD",
+            )
         return h._send(404, {"error": f"stand-in has no route {parts}"})
 
     def _commit(self, h, repo_id):
@@ -141,7 +169,15 @@ class HubStandIn:
                     repo["files"][value["path"]] = base64.b64decode(value["content"])
                 elif line["key"] == "deletedFile":
                     repo["files"].pop(value["path"], None)
-            repo["sha"] = hashlib.sha1(json.dumps(sorted((p, hashlib.sha1(b).hexdigest())
-                                                         for p, b in repo["files"].items())).encode()).hexdigest()
-        return h._send(200, {"commitUrl": f"{self.url}/{repo_id}/commit/{repo['sha']}", "commitOid": repo["sha"],
-                             "commitMessage": lines[0]["value"].get("summary", ""), "pullRequestUrl": None})
+            repo["sha"] = hashlib.sha1(
+                json.dumps(sorted((p, hashlib.sha1(b).hexdigest()) for p, b in repo["files"].items())).encode()
+            ).hexdigest()
+        return h._send(
+            200,
+            {
+                "commitUrl": f"{self.url}/{repo_id}/commit/{repo['sha']}",
+                "commitOid": repo["sha"],
+                "commitMessage": lines[0]["value"].get("summary", ""),
+                "pullRequestUrl": None,
+            },
+        )

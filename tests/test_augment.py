@@ -1,4 +1,5 @@
 """MLKD's strong view: its operation list against the reference's, operations against hand computations."""
+
 import numpy as np
 import pytest
 import torch
@@ -7,10 +8,22 @@ from PIL import Image
 from hf_mkcd.augment import CUTOUT_FILL_RGB, MLKD_OPS, crop_flip, cutout, mlkd_strong_view
 
 # MLKD's dataset/cifar100.py augment_list(): (operation, low, high), in its order
-REFERENCE_OPS = [("autocontrast", 0, 1), ("brightness", 0.05, 0.95), ("color", 0.05, 0.95), ("contrast", 0.05, 0.95),
-                 ("equalize", 0, 1), ("identity", 0, 1), ("posterize", 4, 8), ("rotate", -30, 30),
-                 ("sharpness", 0.05, 0.95), ("shear_x", -0.3, 0.3), ("shear_y", -0.3, 0.3), ("solarize", 0, 256),
-                 ("translate_x", -0.3, 0.3), ("translate_y", -0.3, 0.3)]
+REFERENCE_OPS = [
+    ("autocontrast", 0, 1),
+    ("brightness", 0.05, 0.95),
+    ("color", 0.05, 0.95),
+    ("contrast", 0.05, 0.95),
+    ("equalize", 0, 1),
+    ("identity", 0, 1),
+    ("posterize", 4, 8),
+    ("rotate", -30, 30),
+    ("sharpness", 0.05, 0.95),
+    ("shear_x", -0.3, 0.3),
+    ("shear_y", -0.3, 0.3),
+    ("solarize", 0, 256),
+    ("translate_x", -0.3, 0.3),
+    ("translate_y", -0.3, 0.3),
+]
 OPS = {name: op for name, op, _, _ in MLKD_OPS}
 
 

@@ -1,4 +1,5 @@
 """The CIFAR zoo: community checkpoint layout, parameter counts, timm's model and feature API."""
+
 import os
 
 import pytest
@@ -11,10 +12,20 @@ HERE = os.path.dirname(__file__)
 
 # the mdistiller definitions (megvii-research/mdistiller@a08d46f mdistiller/models/cifar), instantiated with 100 classes
 PARAMS = {
-    "cifar_resnet20": 278_324, "cifar_resnet32": 472_756, "cifar_resnet56": 861_620, "cifar_resnet110": 1_736_564,
-    "cifar_resnet8x4": 1_233_540, "cifar_resnet32x4": 7_433_860, "cifar_wrn_16_2": 703_284,
-    "cifar_wrn_40_1": 569_780, "cifar_wrn_40_2": 2_255_156, "cifar_vgg8": 3_965_028, "cifar_vgg13": 9_462_180,
-    "cifar_resnet50": 23_705_252, "cifar_mobilenetv2": 812_836, "cifar_shufflev1": 949_258,
+    "cifar_resnet20": 278_324,
+    "cifar_resnet32": 472_756,
+    "cifar_resnet56": 861_620,
+    "cifar_resnet110": 1_736_564,
+    "cifar_resnet8x4": 1_233_540,
+    "cifar_resnet32x4": 7_433_860,
+    "cifar_wrn_16_2": 703_284,
+    "cifar_wrn_40_1": 569_780,
+    "cifar_wrn_40_2": 2_255_156,
+    "cifar_vgg8": 3_965_028,
+    "cifar_vgg13": 9_462_180,
+    "cifar_resnet50": 23_705_252,
+    "cifar_mobilenetv2": 812_836,
+    "cifar_shufflev1": 949_258,
     "cifar_shufflev2": 1_355_528,
 }
 # the same definitions: (pre-pool map C, H, W), stage maps (stem, s1, s2, s3[, s4]) at 32x32
@@ -91,7 +102,18 @@ def test_features_only_uses_forward_intermediates():
     assert net.feature_info.channels() == [64, 256]
 
 
-@pytest.mark.parametrize("name", ["cifar_resnet20", "cifar_wrn_16_2", "cifar_vgg8", "cifar_mobilenetv2", "cifar_shufflev1", "cifar_shufflev2", "cifar_resnet50"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "cifar_resnet20",
+        "cifar_wrn_16_2",
+        "cifar_vgg8",
+        "cifar_mobilenetv2",
+        "cifar_shufflev1",
+        "cifar_shufflev2",
+        "cifar_resnet50",
+    ],
+)
 def test_grayscale_28x28(name):
     model = timm.create_model(name, in_chans=1, num_classes=10).eval()
     assert model(torch.randn(2, 1, 28, 28)).shape == (2, 10)

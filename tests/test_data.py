@@ -1,4 +1,5 @@
 """Data: the Hub schema through a local parquet copy, offline sources, channels, columns, errors."""
+
 import os
 import time
 
@@ -9,16 +10,27 @@ from cifar100_schema import FEATURES, write_cifar100_parquet
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
 from PIL import Image as PILImage
 
-from hf_mkcd.data import (FASHION_MNIST_DIR, DataArguments, detect_columns, load_image_dataset, prepare_datasets,
-                          to_channels)
+from hf_mkcd.data import (
+    FASHION_MNIST_DIR,
+    DataArguments,
+    detect_columns,
+    load_image_dataset,
+    prepare_datasets,
+    to_channels,
+)
 
 
 def test_cifar100_hub_schema_via_local_parquet(tmp_path):
     root = write_cifar100_parquet(tmp_path)
     ds = load_image_dataset(str(root))
     assert set(ds) == {"train", "test"} and ds["train"].features == FEATURES
-    data = prepare_datasets(DataArguments(dataset_name=str(root)), channels=3, image_size=32,
-                            mean=(0.5071, 0.4867, 0.4408), std=(0.2675, 0.2565, 0.2761))
+    data = prepare_datasets(
+        DataArguments(dataset_name=str(root)),
+        channels=3,
+        image_size=32,
+        mean=(0.5071, 0.4867, 0.4408),
+        std=(0.2675, 0.2565, 0.2761),
+    )
     assert (data.image_column, data.label_column) == ("img", "fine_label")
     assert len(data.id2label) == 100 and data.id2label[26] == "cra"
     row = data.eval[3]
@@ -67,20 +79,25 @@ def test_pil_modes_are_converted_not_reinterpreted(tmp_path):
     rgba = PILImage.new("RGBA", (4, 4), (10, 200, 30, 0))
     la = PILImage.new("LA", (4, 4), (77, 128))
     path = save_images(tmp_path, "modes", [palette, cmyk, rgba, la])
-    data = prepare_datasets(DataArguments(dataset_name=path, augmentation="none", image_mean=[0, 0, 0],
-                                          image_std=[1, 1, 1]), channels=3, image_size=4)
+    data = prepare_datasets(
+        DataArguments(dataset_name=path, augmentation="none", image_mean=[0, 0, 0], image_std=[1, 1, 1]),
+        channels=3,
+        image_size=4,
+    )
     got = [tuple((data.eval[i]["pixel_values"][:, 0, 0] * 255).round().int().tolist()) for i in range(4)]
     assert got == [(255, 0, 0), (255, 0, 0), (10, 200, 30), (77, 77, 77)]  # red stays red; alpha dropped; LA is gray
-    gray = prepare_datasets(DataArguments(dataset_name=path, augmentation="none", image_mean=[0], image_std=[1]),
-                            channels=1, image_size=4)
+    gray = prepare_datasets(
+        DataArguments(dataset_name=path, augmentation="none", image_mean=[0], image_std=[1]), channels=1, image_size=4
+    )
     assert round(float(gray.eval[0]["pixel_values"][0, 0, 0]) * 255) == 76  # ITU-R 601 luma of pure red
 
 
 def test_unconvertible_images_anywhere_are_refused_before_training(tmp_path):
     images = [PILImage.new("L", (4, 4), 9) for _ in range(5)] + [PILImage.new("I;16", (4, 4), 3000)]
     path = save_images(tmp_path, "deep", images)
-    with pytest.raises(ValueError, match="(?s)'train' split has images that cannot be converted.*I;16: 1 image\\(s\\), "
-                                         "first at row 5"):
+    with pytest.raises(
+        ValueError, match="(?s)'train' split has images that cannot be converted.*I;16: 1 image\\(s\\), first at row 5"
+    ):
         prepare_datasets(DataArguments(dataset_name=path), channels=3, image_size=4)
     grays = save_images(tmp_path, "gray", [PILImage.new("LA", (4, 4), (1, 2)) for _ in range(4)])
     assert prepare_datasets(DataArguments(dataset_name=grays), channels=None, image_size=4).channels == 1
@@ -91,8 +108,11 @@ def test_array_images_by_dtype(tmp_path):
 
     features = Features({"image": Array3D((4, 4, 3), "int64"), "label": ClassLabel(names=["a", "b"])})
     ok = save_images(tmp_path, "ints", [np.full((4, 4, 3), 200, np.int64)] * 4, features=features)
-    data = prepare_datasets(DataArguments(dataset_name=ok, augmentation="none", image_mean=[0] * 3, image_std=[1] * 3),
-                            channels=3, image_size=4)
+    data = prepare_datasets(
+        DataArguments(dataset_name=ok, augmentation="none", image_mean=[0] * 3, image_std=[1] * 3),
+        channels=3,
+        image_size=4,
+    )
     assert torch.allclose(data.eval[0]["pixel_values"], torch.full((3, 4, 4), 200 / 255))
     bad = save_images(tmp_path, "big", [np.full((4, 4, 3), 999, np.int64)] * 4, features=features)
     with pytest.raises(ValueError, match="(?s)cannot be converted.*array int64 4x4x3"):
@@ -110,11 +130,16 @@ def test_labels_outside_the_classes_are_refused_before_training(tmp_path, split)
     good, bad = [0, 1, 0, 1, 0, 1], [0, -1, 5, 1, -1, 0]
     features = Features({"image": Image(), "label": ClassLabel(names=["a", "b"])})
     # casting int labels to a ClassLabel keeps out-of-range values: how they reach a real dataset
-    parts = {s: Dataset.from_dict({"image": images, "label": bad if s == split else good}).cast(features)
-             for s in ("train", "test")}
+    parts = {
+        s: Dataset.from_dict({"image": images, "label": bad if s == split else good}).cast(features)
+        for s in ("train", "test")
+    }
     DatasetDict(parts).save_to_disk(tmp_path / "labels")
-    with pytest.raises(ValueError, match=f"the '{split}' split has 3 label\\(s\\) outside 0..1: -1 \\(2 rows\\), "
-                                         "5 \\(1 row\\).*-1 is the datasets convention"):
+    with pytest.raises(
+        ValueError,
+        match=f"the '{split}' split has 3 label\\(s\\) outside 0..1: -1 \\(2 rows\\), "
+        "5 \\(1 row\\).*-1 is the datasets convention",
+    ):
         prepare_datasets(DataArguments(dataset_name=str(tmp_path / "labels")), channels=1, image_size=4)
 
 
@@ -126,7 +151,9 @@ def test_empty_or_zero_sized_splits_are_refused(tmp_path):
     train = Dataset.from_dict({"image": [PILImage.new("L", (4, 4), 9)] * 4, "label": [0, 1, 0, 1]}, features=features)
     os.makedirs(tmp_path / "empty")
     train.to_parquet(str(tmp_path / "empty" / "train-00000.parquet"))
-    Dataset.from_dict({"image": [], "label": []}, features=features).to_parquet(str(tmp_path / "empty" / "test-00000.parquet"))
+    Dataset.from_dict({"image": [], "label": []}, features=features).to_parquet(
+        str(tmp_path / "empty" / "test-00000.parquet")
+    )
     with pytest.raises(ValueError, match="a split of .* is empty \\(splits: \\['test', 'train'\\]\\)"):
         prepare_datasets(DataArguments(dataset_name=str(tmp_path / "empty")), channels=1, image_size=4)
     with pytest.raises(ValueError, match="the 'train' split of 'digits' is empty"):  # emptied by a filter, say
@@ -135,7 +162,8 @@ def test_empty_or_zero_sized_splits_are_refused(tmp_path):
         original = data_module.load_digits_dataset
         try:
             data_module.load_digits_dataset = lambda seed=0: DatasetDict(
-                {k: v.filter(lambda e: False) if k == "train" else v for k, v in original(seed).items()})
+                {k: v.filter(lambda e: False) if k == "train" else v for k, v in original(seed).items()}
+            )
             prepare_datasets(DataArguments(dataset_name="digits"), channels=1, image_size=8)
         finally:
             data_module.load_digits_dataset = original
@@ -153,9 +181,12 @@ def test_validation_is_held_out_of_train_and_test_is_only_reported():
     again = prepare_datasets(args, channels=1, image_size=8)  # fixed by split_seed
     assert [key(x) for x in again.eval.with_format(None)["image"]] == eval_imgs
 
+
 def test_save_to_disk_imagefolder_and_columns(tmp_path):
     images = [PILImage.fromarray(np.full((8, 8, 3), i * 20, dtype=np.uint8)) for i in range(6)]
-    two_labels = Features({"picture": Image(), "a": ClassLabel(names=["x", "y"]), "b": ClassLabel(names=["u", "v", "w"])})
+    two_labels = Features(
+        {"picture": Image(), "a": ClassLabel(names=["x", "y"]), "b": ClassLabel(names=["u", "v", "w"])}
+    )
     ds = Dataset.from_dict({"picture": images, "a": [0, 1] * 3, "b": [0, 1, 2] * 2}, features=two_labels)
     DatasetDict(train=ds).save_to_disk(tmp_path / "disk")
     with pytest.raises(ValueError, match="cannot tell the label column.*--label_column_name"):

@@ -1,4 +1,5 @@
 """Real two-process DDP on CPU (gloo), as a subprocess; and the silent non-distributed launch refused."""
+
 import os
 import subprocess
 import sys
@@ -10,8 +11,18 @@ HERE = os.path.dirname(__file__)
 
 def torchrun(tmp_path, use_cpu, method="mkcd"):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           os.path.join(HERE, "ddp_worker.py"), str(tmp_path), use_cpu, method]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        os.path.join(HERE, "ddp_worker.py"),
+        str(tmp_path),
+        use_cpu,
+        method,
+    ]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 
 

@@ -1,4 +1,5 @@
 """Teacher loading: every source a user can type, and the errors for bad checkpoints."""
+
 import tarfile
 
 import pytest
@@ -7,8 +8,13 @@ import torch
 from safetensors.torch import save_file
 from transformers import TimmWrapperConfig, TimmWrapperForImageClassification
 
-from hf_mkcd import (CheckpointError, HubUnavailableError, MKCDStudentForImageClassification, load_state_dict_file,
-                     load_teacher)
+from hf_mkcd import (
+    CheckpointError,
+    HubUnavailableError,
+    MKCDStudentForImageClassification,
+    load_state_dict_file,
+    load_teacher,
+)
 
 X = torch.randn(2, 3, 32, 32)
 
@@ -42,7 +48,9 @@ def test_state_dict_key_module_prefix_and_safetensors(resnet20, tmp_path):
     torch.save({"state_dict": {f"module.{k}": v for k, v in resnet20.state_dict().items()}}, tmp_path / "ddp.pth")
     assert torch.equal(logits(load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "ddp.pth"))), logits(resnet20))
     save_file({k: v.contiguous() for k, v in resnet20.state_dict().items()}, tmp_path / "w.safetensors")
-    assert torch.equal(logits(load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "w.safetensors"))), logits(resnet20))
+    assert torch.equal(
+        logits(load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "w.safetensors"))), logits(resnet20)
+    )
 
 
 def test_rgb_checkpoint_into_grayscale_model(resnet20, tmp_path):
@@ -81,8 +89,9 @@ def test_wrong_architecture_names_the_keys_and_the_matching_zoo_model(resnet20, 
 
 def test_class_count_mismatch_refused(resnet20, tmp_path):
     torch.save({"model": resnet20.state_dict()}, tmp_path / "r20.pth")
-    with pytest.raises(ValueError, match="class-count mismatch: the teacher 'cifar_resnet20' predicts 100 classes, "
-                                         "the dataset has 10"):
+    with pytest.raises(
+        ValueError, match="class-count mismatch: the teacher 'cifar_resnet20' predicts 100 classes, the dataset has 10"
+    ):
         load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "r20.pth"), num_classes=10)
     with pytest.raises(CheckpointError, match="class-count mismatch.*100-class.*10 classes"):  # a model built smaller
         load_state_dict_file(timm.create_model("cifar_resnet20", num_classes=10), str(tmp_path / "r20.pth"))
@@ -91,7 +100,9 @@ def test_class_count_mismatch_refused(resnet20, tmp_path):
     loaded = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "r20_10.pth"))  # classes read from the checkpoint
     assert loaded.num_classes == 10 and torch.equal(loaded.fc.weight, ten.fc.weight)
     with pytest.raises(ValueError, match="class-count mismatch.*predicts 100 classes.*has 10"):
-        plain = MKCDStudentForImageClassification.from_teacher(resnet20, "cifar_resnet20", projector=None, head="student")
+        plain = MKCDStudentForImageClassification.from_teacher(
+            resnet20, "cifar_resnet20", projector=None, head="student"
+        )
         plain.save_pretrained(tmp_path / "d")
         load_teacher(str(tmp_path / "d"), num_classes=10)
 
@@ -129,3 +140,32 @@ def test_names_hub_ids_and_files(tmp_path):
     (tmp_path / "w.pth").write_bytes(b"")
     with pytest.raises(ValueError, match="is a file"):
         load_teacher(str(tmp_path / "w.pth"))
+
+
+def test_a_kd_codebase_checkpoint_loads_from_the_part_that_fits(tmp_path, caplog):
+    """``{"model": {"module.student.conv1.weight": ...}}`` beside the teacher and a connector, as distillation
+    codebases save their whole module: the student's part is found, said, and loads bit for bit."""
+    import logging
+
+    import timm
+
+    torch.manual_seed(0)
+    student, other = timm.create_model("cifar_resnet20", num_classes=10), timm.create_model("cifar_resnet8x4")
+    wrapped = {f"module.student.{k}": v for k, v in student.state_dict().items()}
+    wrapped.update({f"module.teacher.{k}": v for k, v in other.state_dict().items()})
+    wrapped["module.connector.weight"] = torch.zeros(3, 3)
+    torch.save({"epoch": 3, "model": wrapped, "optimizer": {"lr": 0.1}}, tmp_path / "kd.pth")
+    caplog.set_level(logging.WARNING, logger="hf_mkcd")
+    loaded = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "kd.pth"))
+    assert "took ['model'], keys under 'module.student.'" in caplog.text
+    for k, v in student.state_dict().items():
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_a_checkpoint_with_no_fitting_part_names_the_candidates(tmp_path):
+    import timm
+
+    wrapped = {f"module.student.{k}": v for k, v in timm.create_model("cifar_resnet8x4").state_dict().items()}
+    torch.save({"model": wrapped}, tmp_path / "other.pth")
+    with pytest.raises(CheckpointError, match=r"(?s)no part of it fits.*\['model'\], keys under 'module.student.': "):
+        load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "other.pth"))

@@ -1,4 +1,5 @@
 """Loss terms against independent hand computations (numpy, written out from the formulas)."""
+
 import math
 
 import numpy as np
@@ -18,7 +19,7 @@ def test_kd_loss_matches_formula():
     t = np.array([[2.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
     T = 4.0
     ps, pt = np_softmax(s, T), np_softmax(t, T)
-    expected = T ** 2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1))
+    expected = T**2 * np.mean(np.sum(pt * (np.log(pt) - np.log(ps)), axis=1))
     got = kd_loss(torch.tensor(s), torch.tensor(t), T)
     assert got.item() == pytest.approx(expected, rel=1e-6)
     assert kd_loss(torch.tensor(s), torch.tensor(s), T).item() == pytest.approx(0.0, abs=1e-7)
@@ -31,10 +32,14 @@ def test_mkcd_terms_by_hand():
     y = np.array([0, 3, 1, 4])
     T = 2.0
     mkcd = get_distiller_class("mkcd")(feat_weight=2.0, kd_weight=0.5, ce_weight=0.25)
-    terms = mkcd({"logits": torch.tensor(z_s), "projected": torch.tensor(f_s)},
-                 {"logits": torch.tensor(z_t), "features_aligned": torch.tensor(f_t)}, {"labels": torch.tensor(y)}, Step(temperature=T))
+    terms = mkcd(
+        {"logits": torch.tensor(z_s), "projected": torch.tensor(f_s)},
+        {"logits": torch.tensor(z_t), "features_aligned": torch.tensor(f_t)},
+        {"labels": torch.tensor(y)},
+        Step(temperature=T),
+    )
     ps, pt = np_softmax(z_s, T), np_softmax(z_t, T)
-    kd = T ** 2 * np.mean(np.sum(pt * np.log(pt / ps), axis=1))
+    kd = T**2 * np.mean(np.sum(pt * np.log(pt / ps), axis=1))
     ce = -np.mean(np.log(np_softmax(z_s, 1.0)[np.arange(4), y]))
     mse = np.mean((f_s - f_t) ** 2)
     assert terms["loss_feat"].item() == pytest.approx(2.0 * mse, rel=1e-6)
@@ -61,13 +66,16 @@ def test_simkd_is_mse_only():
     assert terms["loss_feat"].item() == pytest.approx(((f_s - f_t) ** 2).mean().item(), rel=1e-6)
 
 
-@pytest.mark.parametrize("name,expected", [
-    ("constant", (4.0, 4.0, 4.0)),
-    ("linear_rising", (1.0, 4.5, 8.0)),
-    ("linear_falling", (8.0, 4.5, 1.0)),
-    ("cosine_rising", (1.0, 4.5, 8.0)),
-    ("cosine_falling", (8.0, 4.5, 1.0)),
-])
+@pytest.mark.parametrize(
+    "name,expected",
+    [
+        ("constant", (4.0, 4.0, 4.0)),
+        ("linear_rising", (1.0, 4.5, 8.0)),
+        ("linear_falling", (8.0, 4.5, 1.0)),
+        ("cosine_rising", (1.0, 4.5, 8.0)),
+        ("cosine_falling", (8.0, 4.5, 1.0)),
+    ],
+)
 def test_temperature_schedules(name, expected):
     s = build_temperature(name, temperature=4.0, temperature_min=1.0, temperature_max=8.0)
     assert [s(Step(progress=p)) for p in (0.0, 0.5, 1.0)] == pytest.approx(list(expected))

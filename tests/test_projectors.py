@@ -1,10 +1,16 @@
 """Projectors: output shapes for homogeneous and heterogeneous pairs, parameter counts, errors."""
+
 import pytest
 import timm
 import torch
 
-from hf_mkcd.models.projectors import (ConvRegressor, EncoderDecoderProjector, SimKDProjector, build_projector,
-                                       count_parameters)
+from hf_mkcd.models.projectors import (
+    ConvRegressor,
+    EncoderDecoderProjector,
+    SimKDProjector,
+    build_projector,
+    count_parameters,
+)
 
 
 def prepool_shape(name):
@@ -62,7 +68,10 @@ def test_mkcd_parameter_count_by_hand():
     # defaults: residual, f=4; the shortcut is the identity where channels match: no parameters
     assert count_parameters(EncoderDecoderProjector((256, 8, 8), (256, 8, 8))) == by_hand(256, 256, 4) == 70464
     # where channels differ the shortcut is a 1x1 conv + BN
-    assert count_parameters(EncoderDecoderProjector((128, 8, 8), (256, 8, 8))) == by_hand(128, 256, 4) + 128 * 256 + 2 * 256
+    assert (
+        count_parameters(EncoderDecoderProjector((128, 8, 8), (256, 8, 8)))
+        == by_hand(128, 256, 4) + 128 * 256 + 2 * 256
+    )
     plain = EncoderDecoderProjector((256, 8, 8), (256, 8, 8), factor=2, residual=False)
     assert count_parameters(plain) == by_hand(256, 256, 2)
     with_skip = EncoderDecoderProjector((256, 8, 8), (256, 8, 8), factor=2, residual=False, skip=True)
@@ -98,8 +107,9 @@ def test_residual_encoder_decoder_starts_as_its_shortcut(tmp_path):
     from hf_mkcd import MKCDStudentForImageClassification
 
     teacher = timm.create_model("cifar_resnet56", num_classes=10, in_chans=1).eval()
-    student = MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet20", projector="mkcd",
-                                                             projector_kwargs={"residual": True}, image_size=16)
+    student = MKCDStudentForImageClassification.from_teacher(
+        teacher, "cifar_resnet20", projector="mkcd", projector_kwargs={"residual": True}, image_size=16
+    )
     proj = student.projector.eval()
     assert float(proj.decoder[-1][1].weight.detach().abs().sum()) == 0.0  # survived the model's weight initialisation
     assert not list(proj.shortcut.parameters())  # 64 -> 64 channels: the identity

@@ -1,6 +1,7 @@
 """The README tells the truth about the current code: its tables are what the results files say, every command
 it shows parses with the real argument parser and names files that exist, and its Python blocks run (offline:
 a local copy of the CIFAR-100 schema and a community-layout checkpoint stand in for the downloads)."""
+
 import os
 import re
 import shlex
@@ -42,7 +43,7 @@ def test_every_training_command_parses(command):
 
     words = shlex.split(command.split("&&")[-1])
     script = next(i for i, w in enumerate(words) if re.search(r"scripts/(distill|train_teacher)\.py$", w))
-    argv = words[script + 1:]
+    argv = words[script + 1 :]
     if argv and argv[0].endswith(".yaml"):
         assert os.path.isfile(os.path.join(ROOT, argv[0])), argv[0]
         argv[0] = os.path.join(ROOT, argv[0])
@@ -72,8 +73,10 @@ def offline_stand_ins(tmp_path_factory):
     root = tmp_path_factory.mktemp("readme")
     os.makedirs(root / "resnet32x4_vanilla")
     torch.manual_seed(0)
-    torch.save({"model": timm.create_model("cifar_resnet32x4", num_classes=100).state_dict()},
-               root / "resnet32x4_vanilla" / "ckpt_epoch_240.pth")
+    torch.save(
+        {"model": timm.create_model("cifar_resnet32x4", num_classes=100).state_dict()},
+        root / "resnet32x4_vanilla" / "ckpt_epoch_240.pth",
+    )
     return root, write_cifar100_parquet(root)
 
 
@@ -83,11 +86,21 @@ def test_python_blocks_run(index, offline_stand_ins):
     if "trust_remote_code=True)\n" in code and "me/" in code:
         pytest.skip("pulls a model from the Hub by id (tests/test_hub.py covers that path)")
     root, fixture = offline_stand_ins
-    code = code.replace('dataset_name="uoft-cs/cifar100")',
-                        f'dataset_name="{fixture}", max_train_samples=16, max_eval_samples=16)')
-    code = code.replace('method="mkcd")', 'method="mkcd", max_steps=1, use_cpu=True, report_to="none", '
-                                          'save_strategy="no", eval_strategy="no", per_device_train_batch_size=8)')
+    code = code.replace(
+        'dataset_name="uoft-cs/cifar100")', f'dataset_name="{fixture}", max_train_samples=16, max_eval_samples=16)'
+    )
+    code = code.replace(
+        'method="mkcd")',
+        'method="mkcd", max_steps=1, use_cpu=True, report_to="none", '
+        'save_strategy="no", eval_strategy="no", per_device_train_batch_size=8)',
+    )
     prelude = "import torch\nimages = torch.randn(2, 3, 32, 32)\n"
-    run = subprocess.run([sys.executable, "-c", prelude + code], cwd=root, capture_output=True, text=True, timeout=600,
-                         env={**os.environ, "PYTHONPATH": ROOT})
+    run = subprocess.run(
+        [sys.executable, "-c", prelude + code],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "PYTHONPATH": ROOT},
+    )
     assert run.returncode == 0, run.stderr[-3000:]

@@ -2,6 +2,7 @@
 once on seeded weights and stored in tests/data/reference_logits.json, against ours on the same weights.
 
 The reference code is not part of this repository; only the numbers it produced are."""
+
 import json
 import os
 
@@ -33,7 +34,9 @@ def seeded_model(name: str):
 
 
 def test_golden_file_covers_the_non_trivial_families():
-    assert {"cifar_shufflev1", "cifar_shufflev2", "cifar_mobilenetv2", "cifar_wrn_40_2", "cifar_vgg13"} <= set(GOLDEN["logits"])
+    assert {"cifar_shufflev1", "cifar_shufflev2", "cifar_mobilenetv2", "cifar_wrn_40_2", "cifar_vgg13"} <= set(
+        GOLDEN["logits"]
+    )
 
 
 @pytest.mark.parametrize("name", sorted(GOLDEN["logits"]))

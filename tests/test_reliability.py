@@ -1,4 +1,5 @@
 """Runs that cannot lose or corrupt work: output-directory ownership, locks, atomic checkpoints, kills, divergence."""
+
 import json
 import os
 import subprocess
@@ -16,9 +17,34 @@ sys.path.insert(0, os.path.join(ROOT, "scripts"))
 import distill  # noqa: E402
 import train_teacher  # noqa: E402
 
-TINY = ["--dataset_name", "digits", "--image_size", "16", "--max_train_samples", "48", "--max_eval_samples", "16",
-        "--per_device_train_batch_size", "8", "--use_cpu", "true", "--report_to", "none", "--disable_tqdm", "true",
-        "--eval_strategy", "no", "--logging_steps", "1", "--model_name_or_path", "cifar_resnet20", "--seed", "0"]
+TINY = [
+    "--skip_teacher_check",  # these teachers train a few steps: at chance by design
+    "true",
+    "--dataset_name",
+    "digits",
+    "--image_size",
+    "16",
+    "--max_train_samples",
+    "48",
+    "--max_eval_samples",
+    "16",
+    "--per_device_train_batch_size",
+    "8",
+    "--use_cpu",
+    "true",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--eval_strategy",
+    "no",
+    "--logging_steps",
+    "1",
+    "--model_name_or_path",
+    "cifar_resnet20",
+    "--seed",
+    "0",
+]
 
 
 @pytest.fixture(scope="module")
@@ -29,8 +55,24 @@ def teacher(tmp_path_factory):
 
 
 def distill_args(teacher, out, *extra):
-    return ["--teacher_model_name_or_path", teacher, "--method", "kd", "--output_dir", str(out), *TINY,
-            "--max_steps", "6", "--save_strategy", "steps", "--save_steps", "2", "--save_total_limit", "5", *extra]
+    return [
+        "--teacher_model_name_or_path",
+        teacher,
+        "--method",
+        "kd",
+        "--output_dir",
+        str(out),
+        *TINY,
+        "--max_steps",
+        "6",
+        "--save_strategy",
+        "steps",
+        "--save_steps",
+        "2",
+        "--save_total_limit",
+        "5",
+        *extra,
+    ]
 
 
 def snapshot(path):
@@ -49,17 +91,33 @@ def test_a_rerun_resumes_only_the_same_run(teacher, tmp_path):
     before = snapshot(out)
     again = distill.main(distill_args(teacher, out))  # the same command: finished, nothing retrained or rewritten
     assert again["eval_top1"] == first["eval_top1"] and snapshot(out) == before
-    for extra, field in ((["--method", "dkd"], "method"), (["--learning_rate", "0.2", "--temperature", "8"], "learning_rate"),
-                         (["--learning_rate", "1e6"], "learning_rate"), (["--max_steps", "8"], "max_steps")):
+    for extra, field in (
+        (["--method", "dkd"], "method"),
+        (["--learning_rate", "0.2", "--temperature", "8"], "learning_rate"),
+        (["--learning_rate", "1e6"], "learning_rate"),
+        (["--max_steps", "8"], "max_steps"),
+    ):
         args = distill_args(teacher, out)
         args[args.index("--method") + 1] = "kd"
-        with pytest.raises(RunDirectoryError, match=f"(?s)holds another run.*{field}:.*--overwrite_output_dir.*--allow_changes"):
+        with pytest.raises(
+            RunDirectoryError, match=f"(?s)holds another run.*{field}:.*--overwrite_output_dir.*--allow_changes"
+        ):
             distill.main(args + extra)
         assert snapshot(out) == before, extra  # refused before touching anything (run_config.yaml included)
     assert yaml.safe_load((out / "run_config.yaml").read_text())["learning_rate"] == 0.05
     # a named change continues the run from a checkpoint: a longer schedule
-    longer = distill.main(distill_args(teacher, out, "--max_steps", "8", "--resume_from_checkpoint",
-                                       str(out / "checkpoint-6"), "--allow_changes", "max_steps"))
+    longer = distill.main(
+        distill_args(
+            teacher,
+            out,
+            "--max_steps",
+            "8",
+            "--resume_from_checkpoint",
+            str(out / "checkpoint-6"),
+            "--allow_changes",
+            "max_steps",
+        )
+    )
     assert json.loads((out / "trainer_state.json").read_text())["global_step"] == 8 and "eval_top1" in longer
     distill.main(distill_args(teacher, out, "--learning_rate", "0.01", "--overwrite_output_dir", "true"))
     assert json.loads((out / "run_state.json").read_text())["fingerprint"]["learning_rate"] == 0.01
@@ -104,14 +162,20 @@ def test_incomplete_checkpoints_are_skipped_and_named(teacher, tmp_path, caplog)
         f.truncate(1000)  # a truncated model file
     (out / "checkpoint-4" / "optimizer.pt").write_bytes(b"")  # an empty optimizer state
     distill.main(distill_args(teacher, out))
-    assert "skipping incomplete checkpoint" in caplog.text and "checkpoint-6: model.safetensors is missing or corrupt" in caplog.text
+    assert (
+        "skipping incomplete checkpoint" in caplog.text
+        and "checkpoint-6: model.safetensors is missing or corrupt" in caplog.text
+    )
     assert "checkpoint-4: optimizer.pt is missing or corrupt" in caplog.text  # resumed from checkpoint-2
     for k, v in weights(reference).items():
         assert torch.equal(v, weights(out)[k]), k
     os.remove(out / "checkpoint-2" / "trainer_state.json")
     with pytest.raises(ValueError, match="cannot resume from .*checkpoint-2.*trainer_state.json is missing"):
-        distill.main(distill_args(teacher, out, "--resume_from_checkpoint", str(out / "checkpoint-2"),
-                                  "--overwrite_output_dir", "false"))
+        distill.main(
+            distill_args(
+                teacher, out, "--resume_from_checkpoint", str(out / "checkpoint-2"), "--overwrite_output_dir", "false"
+            )
+        )
 
 
 def test_a_diverged_run_fails_and_is_marked_so(teacher, tmp_path):

@@ -1,4 +1,5 @@
 """scripts/distill.py and scripts/train_teacher.py end to end (tiny), recipes, config precedence."""
+
 import glob
 import json
 import math
@@ -29,9 +30,36 @@ def list_distillers_with_recipes():
     from hf_mkcd.distillers import list_distillers
 
     return [m for m in list_distillers() if m != "none"]
-TINY = ["--dataset_name", "digits", "--image_size", "16", "--max_train_samples", "48", "--max_eval_samples", "32",
-        "--max_steps", "2", "--per_device_train_batch_size", "16", "--use_cpu", "true", "--save_strategy", "no",
-        "--eval_strategy", "no", "--report_to", "none", "--disable_tqdm", "true", "--logging_steps", "1"]
+
+
+TINY = [
+    "--skip_teacher_check",  # these teachers train a few steps: at chance by design
+    "true",
+    "--dataset_name",
+    "digits",
+    "--image_size",
+    "16",
+    "--max_train_samples",
+    "48",
+    "--max_eval_samples",
+    "32",
+    "--max_steps",
+    "2",
+    "--per_device_train_batch_size",
+    "16",
+    "--use_cpu",
+    "true",
+    "--save_strategy",
+    "no",
+    "--eval_strategy",
+    "no",
+    "--report_to",
+    "none",
+    "--disable_tqdm",
+    "true",
+    "--logging_steps",
+    "1",
+]
 
 
 @pytest.mark.parametrize("recipe", sorted(glob.glob(os.path.join(ROOT, "recipes", "cifar100", "*.yaml"))))
@@ -49,8 +77,13 @@ def test_every_recipe_parses(recipe):
         assert args.num_train_epochs == 240 and args.lr_decay_epochs == [150, 180, 210]
         assert args.learning_rate == (0.01 if light else 0.05) or name.startswith("teacher_")
     if args.method == "dkd":
-        assert args.distiller_kwargs["beta"] == (2.0 if "resnet56_resnet20" in name or "resnet110" in name else
-                                                 6.0 if name.startswith(("wrn_40_2_wrn", "vgg13")) else 8.0)
+        assert args.distiller_kwargs["beta"] == (
+            2.0
+            if "resnet56_resnet20" in name or "resnet110" in name
+            else 6.0
+            if name.startswith(("wrn_40_2_wrn", "vgg13"))
+            else 8.0
+        )
     if args.method not in ("none",):
         assert model_args.teacher_checkpoint.endswith("_vanilla/ckpt_epoch_240.pth")
         from hf_mkcd.distillers import get_distiller_class
@@ -85,8 +118,14 @@ def teacher_dir(tmp_path_factory):
 
 def test_train_teacher_output_is_a_model_and_a_teacher(teacher_dir):
     files = set(os.listdir(teacher_dir))
-    assert {"model.safetensors", "config.json", "preprocessor_config.json", "all_results.json", "trainer_state.json",
-            "run_config.yaml"} <= files
+    assert {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "all_results.json",
+        "trainer_state.json",
+        "run_config.yaml",
+    } <= files
     teacher = load_teacher(str(teacher_dir), num_classes=10)
     assert teacher.pretrained_cfg["input_size"] == (1, 16, 16)  # digits are grayscale: a 1-channel model
     assert AutoModelForImageClassification.from_pretrained(teacher_dir).config.num_labels == 10
@@ -153,32 +192,61 @@ def test_recipes_are_generated_from_the_table(tmp_path):
         assert (tmp_path / name).read_text() == open(os.path.join(ROOT, "recipes", "cifar100", name)).read()
 
 
-@pytest.mark.parametrize("script", ["distill.py", "train_teacher.py", "quickstart.py", "make_recipes.py",
-                                    "projector_cost.py"])
+@pytest.mark.parametrize(
+    "script", ["distill.py", "train_teacher.py", "quickstart.py", "make_recipes.py", "projector_cost.py"]
+)
 def test_every_script_help_renders(script):
     import subprocess
 
-    run = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", script), "--help"], capture_output=True,
-                         text=True, timeout=300)
+    run = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", script), "--help"], capture_output=True, text=True, timeout=300
+    )
     assert run.returncode == 0, run.stderr[-2000:]
     if script in ("distill.py", "train_teacher.py"):
-        for flag in ("--method", "--temperature_schedule", "--teacher_model_name_or_path", "--projector_factor",
-                     "--dataset_name", "--eval_split", "--max_grad_norm", "--lr_decay_epochs"):
+        for flag in (
+            "--method",
+            "--temperature_schedule",
+            "--teacher_model_name_or_path",
+            "--projector_factor",
+            "--dataset_name",
+            "--eval_split",
+            "--max_grad_norm",
+            "--lr_decay_epochs",
+        ):
             assert flag in run.stdout, flag
 
 
 def test_distill_refuses_before_training(teacher_dir, tmp_path):
-    seven = MKCDStudentForImageClassification.from_teacher(tiny_teacher(num_classes=7), "cifar_resnet20",
-                                                            projector=None, head="student")
+    seven = MKCDStudentForImageClassification.from_teacher(
+        tiny_teacher(num_classes=7), "cifar_resnet20", projector=None, head="student"
+    )
     seven.save_pretrained(tmp_path / "seven")
     with pytest.raises(ValueError, match="class-count mismatch.*7 classes.*has 10"):
-        distill.main(["--teacher_model_name_or_path", str(tmp_path / "seven"), "--output_dir", str(tmp_path / "o"),
-                      "--model_name_or_path", "cifar_resnet20", *TINY])
+        distill.main(
+            [
+                "--teacher_model_name_or_path",
+                str(tmp_path / "seven"),
+                "--output_dir",
+                str(tmp_path / "o"),
+                "--model_name_or_path",
+                "cifar_resnet20",
+                *TINY,
+            ]
+        )
     with pytest.raises(ValueError, match="needs --teacher_model_name_or_path"):
         distill.main(["--output_dir", str(tmp_path / "o"), "--method", "kd", *TINY])
     with pytest.raises(ValueError, match="Unknown timm architecture 'cifar_resnet9'"):
-        distill.main(["--teacher_model_name_or_path", str(teacher_dir), "--model_name_or_path", "cifar_resnet9",
-                      "--output_dir", str(tmp_path / "o"), *TINY])
+        distill.main(
+            [
+                "--teacher_model_name_or_path",
+                str(teacher_dir),
+                "--model_name_or_path",
+                "cifar_resnet9",
+                "--output_dir",
+                str(tmp_path / "o"),
+                *TINY,
+            ]
+        )
     assert not (tmp_path / "o" / "model.safetensors").exists()
 
 
@@ -206,10 +274,23 @@ def test_the_cifar100_suite_runs_on_the_hub_schema(tmp_path):
     torch.manual_seed(0)
     torch.save({"model": timm.create_model("cifar_resnet32x4", num_classes=100).state_dict()}, ckpt)
     suite = yaml.safe_load(open(os.path.join(ROOT, "suites", "cifar100_standard.yaml")))
-    suite["matrix"].update(pairs=["resnet32x4->resnet8x4"], methods=["none", "kd", "mkcd"],
-                           args={"dataset_name": str(fixture), "teacher_checkpoint": str(ckpt), "max_steps": 2,
-                                 "per_device_train_batch_size": 8, "dataloader_num_workers": 0, "use_cpu": True,
-                                 "image_size": 16, "eval_strategy": "no", "disable_tqdm": True, "test_split": "test"})
+    suite["matrix"].update(
+        pairs=["resnet32x4->resnet8x4"],
+        methods=["none", "kd", "mkcd"],
+        args={
+            "dataset_name": str(fixture),
+            "teacher_checkpoint": str(ckpt),
+            "max_steps": 2,
+            "per_device_train_batch_size": 8,
+            "dataloader_num_workers": 0,
+            "use_cpu": True,
+            "image_size": 16,
+            "eval_strategy": "no",
+            "disable_tqdm": True,
+            "test_split": "test",
+            "skip_teacher_check": True,  # a random teacher: at chance by design
+        },
+    )
     suite["seeds"], suite["name"] = [0], "cifar100_fixture"
     suite["published"] = os.path.join(ROOT, "suites", "published_cifar100.yaml")
     path = tmp_path / "cifar100_fixture.yaml"
@@ -235,13 +316,25 @@ def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
     import benchmark_accuracy
 
     def row(cell, val, test):
-        return {"cell": cell, "validation": {"mean": sum(val) / 3, "per_seed": val}, "test": {"mean": sum(test) / 3, "per_seed": test}}
+        return {
+            "cell": cell,
+            "validation": {"mean": sum(val) / 3, "per_seed": val},
+            "test": {"mean": sum(test) / 3, "per_seed": test},
+        }
 
-    summary = {"report": "test", "rows": [row("none", [80, 80, 80], [79, 79, 79]), row("fitnet", [88, 87, 86], [87, 86, 85]),
-                                          row("mkcd", [87, 88, 85], [86, 87, 86])]}
+    summary = {
+        "report": "test",
+        "rows": [
+            row("none", [80, 80, 80], [79, 79, 79]),
+            row("fitnet", [88, 87, 86], [87, 86, 85]),
+            row("mkcd", [87, 88, 85], [86, 87, 86]),
+        ],
+    }
     line = benchmark_accuracy.standing(summary)[0]
     # validation: mkcd 86.67 < fitnet 87.0 -> rank 2; per seed -1, +1, -1 -> -0.33, 1/3 better
-    assert "on validation, `mkcd` ranks 2 of 3; against the best other cell, `fitnet`, -0.33 points (paired, 1/3" in line
+    assert (
+        "on validation, `mkcd` ranks 2 of 3; against the best other cell, `fitnet`, -0.33 points (paired, 1/3" in line
+    )
     # test: mkcd 86.33 > fitnet 86.0 -> rank 1; per seed -1, +1, +1 -> +0.33, 2/3 better
     assert "on test, `mkcd` ranks 1 of 3; against the best other cell, `fitnet`, +0.33 points (paired, 2/3" in line
     assert benchmark_accuracy.standing({**summary, "report": "validation"}) == []  # ablations: no test reading
@@ -254,10 +347,33 @@ def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path
 
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "1000000")
     out = tmp_path / "speed.json"
-    assert benchmark_speed.main(["--teacher", "cifar_resnet20", "--student", "cifar_resnet20", "--batch", "4",
-                                 "--image_size", "16", "--classes", "10", "--train_samples", "32", "--steps", "1",
-                                 "--warmup", "0", "--methods", "dkd", "at", "--e2e_samples", "0",
-                                 "--output", str(out)]) in (0, None)
+    assert benchmark_speed.main(
+        [
+            "--teacher",
+            "cifar_resnet20",
+            "--student",
+            "cifar_resnet20",
+            "--batch",
+            "4",
+            "--image_size",
+            "16",
+            "--classes",
+            "10",
+            "--train_samples",
+            "32",
+            "--steps",
+            "1",
+            "--warmup",
+            "0",
+            "--methods",
+            "dkd",
+            "at",
+            "--e2e_samples",
+            "0",
+            "--output",
+            str(out),
+        ]
+    ) in (0, None)
     r = json.loads(out.read_text())
     pm = r["per_method"]
     assert pm["floor_ms"] == pytest.approx(pm["teacher_forward_ms"] + pm["ce_step_ms"])
@@ -265,4 +381,6 @@ def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path
     for row in pm["methods"].values():
         assert row["x_floor"] == pytest.approx(row["ms"] / pm["floor_ms"])
     assert pm["methods"]["dkd"]["cached_ms"] > 0 and pm["methods"]["at"]["cached_ms"] is None  # AT reads stage maps
-    assert r["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1000000"} and r["command"].startswith("MALLOC_TRIM_THRESHOLD_=1000000 python")
+    assert r["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1000000"} and r["command"].startswith(
+        "MALLOC_TRIM_THRESHOLD_=1000000 python"
+    )

@@ -1,4 +1,5 @@
 """The deployable student: built from a teacher, frozen reused head, Hub round trips."""
+
 import json
 import os
 import subprocess
@@ -25,8 +26,9 @@ def teacher():
 @pytest.fixture(scope="module")
 def student(teacher):
     torch.manual_seed(1)
-    return MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet8x4", id2label=LABELS,
-                                                          teacher_name="cifar_wrn_16_2")
+    return MKCDStudentForImageClassification.from_teacher(
+        teacher, "cifar_resnet8x4", id2label=LABELS, teacher_name="cifar_wrn_16_2"
+    )
 
 
 def test_from_teacher_config_and_forward(student, teacher):
@@ -110,13 +112,17 @@ def test_remote_code_loads_where_hf_mkcd_is_not_importable(student, tmp_path):
         "print('REMOTE_OK')\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf_home")}
-    res = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
     assert "REMOTE_OK" in res.stdout, res.stderr[-3000:]
 
 
 def test_plain_student_and_timm_export(tmp_path):
     teacher = timm.create_model("cifar_resnet20", num_classes=10).eval()
-    model = MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet8x4", projector=None, head="student").eval()
+    model = MKCDStudentForImageClassification.from_teacher(
+        teacher, "cifar_resnet8x4", projector=None, head="student"
+    ).eval()
     assert model.classifier is None and model.projector is None and model.config.num_labels == 10
     model.export_timm(tmp_path / "timm")
     wrapped = AutoModelForImageClassification.from_pretrained(tmp_path / "timm").eval()
@@ -143,7 +149,9 @@ def test_grayscale_student_accepts_rgb_and_gray():
 
 def test_class_count_and_head_errors():
     teacher = timm.create_model("cifar_resnet20", num_classes=10).eval()
-    with pytest.raises(ValueError, match="class-count mismatch: the teacher predicts 10 classes, the student's num_labels has 100"):
+    with pytest.raises(
+        ValueError, match="class-count mismatch: the teacher predicts 10 classes, the student's num_labels has 100"
+    ):
         MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet8x4", num_labels=100)
     with pytest.raises(ValueError, match="class-count mismatch"):
         MKCDStudentForImageClassification.from_teacher(teacher, "cifar_resnet8x4", id2label={0: "a", 1: "b"})
@@ -163,8 +171,9 @@ def test_non_cifar_timm_models():
     with pytest.raises(ValueError, match="not a \\(B, C, H, W\\) map"):
         MKCDStudentForImageClassification.from_teacher(vit, "cifar_resnet8x4", image_size=32)
     # a ViT teacher still works with a plain student of its own head
-    plain = MKCDStudentForImageClassification.from_teacher(vit, "cifar_resnet8x4", projector=None, head="student",
-                                                          image_size=32)
+    plain = MKCDStudentForImageClassification.from_teacher(
+        vit, "cifar_resnet8x4", projector=None, head="student", image_size=32
+    )
     assert plain(torch.randn(1, 3, 32, 32)).logits.shape == (1, 10)
 
 

@@ -1,4 +1,5 @@
 """DistillationTrainer through the Python API: what trains, what stays frozen, GA, resume, errors."""
+
 import copy
 import os
 
@@ -21,8 +22,13 @@ def test_mkcd_few_steps_trains_exactly_the_student(data, tmp_path):
     teacher_before = copy.deepcopy(teacher.state_dict())
     student = tiny_student(teacher, "mkcd", data)
     student_before = copy.deepcopy(student.state_dict())
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, max_steps=3),
-                                  train_dataset=data.train, eval_dataset=data.eval)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, max_steps=3),
+        train_dataset=data.train,
+        eval_dataset=data.eval,
+    )
     # the optimizer holds the student's backbone and projector, nothing of the teacher or the frozen head
     trainer.create_optimizer()
     in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
@@ -34,7 +40,9 @@ def test_mkcd_few_steps_trains_exactly_the_student(data, tmp_path):
     assert not teacher.training
     after = student.state_dict()
     assert torch.equal(after["classifier.weight"], teacher.fc.weight)  # frozen reused head
-    changed = {k.split(".")[0] for k, v in after.items() if v.is_floating_point() and not torch.equal(v, student_before[k])}
+    changed = {
+        k.split(".")[0] for k, v in after.items() if v.is_floating_point() and not torch.equal(v, student_before[k])
+    }
     assert changed == {"backbone", "projector"}
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3
@@ -77,9 +85,18 @@ def test_gradient_accumulation_equals_one_large_batch(data, tmp_path, method):
     params = []
     for bs, ga in ((16, 1), (8, 2)):
         student = _no_bn(tiny_student(teacher, method, plain))
-        args = tiny_args(tmp_path / f"{bs}x{ga}", method=method, max_steps=1, per_device_train_batch_size=bs,
-                         gradient_accumulation_steps=ga, optim_args="momentum=0.0", weight_decay=0.0,
-                         lr_scheduler_type="constant", max_grad_norm=0.0, learning_rate=0.5)
+        args = tiny_args(
+            tmp_path / f"{bs}x{ga}",
+            method=method,
+            max_steps=1,
+            per_device_train_batch_size=bs,
+            gradient_accumulation_steps=ga,
+            optim_args="momentum=0.0",
+            weight_decay=0.0,
+            lr_scheduler_type="constant",
+            max_grad_norm=0.0,
+            learning_rate=0.5,
+        )
         DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=plain.train).train()
         params.append({k: v.clone() for k, v in student.named_parameters()})
     for k in params[0]:
@@ -88,18 +105,26 @@ def test_gradient_accumulation_equals_one_large_batch(data, tmp_path, method):
 
 def test_resume_reproduces_the_uninterrupted_run(data, tmp_path):
     teacher = tiny_teacher()
-    schedule = dict(temperature_schedule="linear_falling", max_steps=6, save_strategy="steps", save_steps=3,
-                    save_total_limit=None)
+    schedule = dict(
+        temperature_schedule="linear_falling", max_steps=6, save_strategy="steps", save_steps=3, save_total_limit=None
+    )
     straight = tiny_student(teacher, "mkcd", data)
-    DistillationTrainer(model=straight, teacher_model=teacher, args=tiny_args(tmp_path / "a", **schedule),
-                        train_dataset=data.train).train()
+    DistillationTrainer(
+        model=straight, teacher_model=teacher, args=tiny_args(tmp_path / "a", **schedule), train_dataset=data.train
+    ).train()
     interrupted = tiny_student(teacher, "mkcd", data)
-    DistillationTrainer(model=interrupted, teacher_model=teacher, args=tiny_args(tmp_path / "b", **schedule),
-                        train_dataset=data.train, callbacks=[StopAt(3)]).train()
+    DistillationTrainer(
+        model=interrupted,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path / "b", **schedule),
+        train_dataset=data.train,
+        callbacks=[StopAt(3)],
+    ).train()
     assert os.path.isdir(tmp_path / "b" / "checkpoint-3")
     fresh = tiny_student(teacher, "mkcd", data, seed=123)  # different init: everything must come from the checkpoint
-    trainer = DistillationTrainer(model=fresh, teacher_model=teacher, args=tiny_args(tmp_path / "b", **schedule),
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=fresh, teacher_model=teacher, args=tiny_args(tmp_path / "b", **schedule), train_dataset=data.train
+    )
     trainer.train(resume_from_checkpoint=str(tmp_path / "b" / "checkpoint-3"))
     for k, v in straight.state_dict().items():
         assert torch.equal(v, fresh.state_dict()[k]), k
@@ -113,8 +138,9 @@ def test_nan_loss_stops_with_step_and_terms(data, tmp_path):
     student = tiny_student(teacher, "kd", data)
     with torch.no_grad():
         teacher.fc.weight[0, 0] = float("nan")  # the teacher's logits, hence the KD term, are NaN
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="kd"),
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="kd"), train_dataset=data.train
+    )
     with pytest.raises(FloatingPointError, match="non-finite loss at step 0.*loss_kd.*nan"):
         trainer.train()
     for bad in ("nan", "inf"):  # non-finite settings are refused before anything is built
@@ -126,24 +152,43 @@ def test_nan_loss_stops_with_step_and_terms(data, tmp_path):
 
 def test_refused_before_training(data, tmp_path):
     teacher = tiny_teacher()
-    with pytest.raises(ValueError, match="method 'mkcd' .* needs a projector; this student has projector=None.*from_teacher"):
-        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
-                            args=tiny_args(tmp_path, method="mkcd"), train_dataset=data.train)
+    with pytest.raises(
+        ValueError, match="method 'mkcd' .* needs a projector; this student has projector=None.*from_teacher"
+    ):
+        DistillationTrainer(
+            model=tiny_student(teacher, "kd", data),
+            teacher_model=teacher,
+            args=tiny_args(tmp_path, method="mkcd"),
+            train_dataset=data.train,
+        )
     with pytest.raises(ValueError, match="needs a teacher"):
-        DistillationTrainer(model=tiny_student(teacher, "kd", data), args=tiny_args(tmp_path, method="kd"),
-                            train_dataset=data.train)
+        DistillationTrainer(
+            model=tiny_student(teacher, "kd", data), args=tiny_args(tmp_path, method="kd"), train_dataset=data.train
+        )
     with pytest.raises(ValueError, match="class-count mismatch"):
-        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=tiny_teacher(num_classes=7),
-                            args=tiny_args(tmp_path, method="kd"), train_dataset=data.train)
+        DistillationTrainer(
+            model=tiny_student(teacher, "kd", data),
+            teacher_model=tiny_teacher(num_classes=7),
+            args=tiny_args(tmp_path, method="kd"),
+            train_dataset=data.train,
+        )
     wide = __import__("timm").create_model("cifar_wrn_16_2", in_chans=1, num_classes=10).eval()
     with pytest.raises(ValueError, match="feature-shape mismatch"):
-        DistillationTrainer(model=tiny_student(teacher, "mkcd", data), teacher_model=wide,
-                            args=tiny_args(tmp_path), train_dataset=data.train)
+        DistillationTrainer(
+            model=tiny_student(teacher, "mkcd", data),
+            teacher_model=wide,
+            args=tiny_args(tmp_path),
+            train_dataset=data.train,
+        )
     with pytest.raises(ValueError, match="unknown method"):
         tiny_args(tmp_path, method="fitnett")
     with pytest.raises(ValueError, match="has no \\['feat_weight'\\]"):
-        DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
-                            args=tiny_args(tmp_path, method="kd", feat_weight=1.0), train_dataset=data.train)
+        DistillationTrainer(
+            model=tiny_student(teacher, "kd", data),
+            teacher_model=teacher,
+            args=tiny_args(tmp_path, method="kd", feat_weight=1.0),
+            train_dataset=data.train,
+        )
 
 
 def test_multistep_lr_schedule(data, tmp_path):
@@ -151,8 +196,9 @@ def test_multistep_lr_schedule(data, tmp_path):
     assert [sched(s) for s in (0, 3, 4, 7, 8, 20)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
     teacher = tiny_teacher()
     args = tiny_args(tmp_path, method="kd", max_steps=-1, num_train_epochs=3, lr_decay_epochs=[1, 2], learning_rate=0.1)
-    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args,
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args, train_dataset=data.train
+    )
     trainer.train()
     lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
     assert lrs == pytest.approx([0.1] * 4 + [0.01] * 4 + [0.001] * 4)  # 64 samples / 16 = 4 steps per epoch
@@ -174,9 +220,12 @@ def test_augmentation_is_a_function_of_seed_epoch_and_index(data):
 def test_weight_decay_covers_every_parameter_like_the_cifar_reference(data, tmp_path):
     teacher = tiny_teacher()
     for decay_all, bias_decay in ((True, 5e-4), (False, 0.0)):
-        trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher,
-                                      args=tiny_args(tmp_path, method="kd", weight_decay=5e-4, weight_decay_all=decay_all),
-                                      train_dataset=data.train)
+        trainer = DistillationTrainer(
+            model=tiny_student(teacher, "kd", data),
+            teacher_model=teacher,
+            args=tiny_args(tmp_path, method="kd", weight_decay=5e-4, weight_decay_all=decay_all),
+            train_dataset=data.train,
+        )
         trainer.create_optimizer()
         bias = trainer.student.backbone.bn1.bias
         group = next(g for g in trainer.optimizer.param_groups if any(p is bias for p in g["params"]))
@@ -204,8 +253,13 @@ def test_cifar_defaults_leave_gradients_unclipped(data, tmp_path):
     for name, extra in (("default", {}), ("clip1", {"max_grad_norm": 1.0})):
         probe = GradNorm()
         args = tiny_args(tmp_path / name, method="at", max_steps=1, **extra)  # tiny_args keeps the default norm
-        DistillationTrainer(model=tiny_student(teacher, "at", data), teacher_model=teacher, args=args,
-                            train_dataset=data.train, callbacks=[probe]).train()
+        DistillationTrainer(
+            model=tiny_student(teacher, "at", data),
+            teacher_model=teacher,
+            args=args,
+            train_dataset=data.train,
+            callbacks=[probe],
+        ).train()
         norms[name] = probe.norms[0]
     assert norms["default"] > 10.0  # AT x 1000 at initialisation: a large gradient reaches the optimizer as it is
     assert norms["clip1"] == pytest.approx(1.0, rel=1e-4)  # the flag still clips for whoever asks
@@ -242,12 +296,14 @@ def test_another_scheduler_is_used_as_chosen_and_an_empty_decay_list_is_off(data
     assert tiny_args(tmp_path, lr_decay_epochs=None).lr_decay_epochs == [150, 180, 210]  # unset: the CIFAR recipe's
     assert tiny_args(tmp_path, lr_decay_epochs=None, lr_scheduler_type="cosine").lr_decay_epochs is None
     assert caplog.text == ""  # a scheduler chosen without --lr_decay_epochs: nothing was ignored, nothing to say
-    args = tiny_args(tmp_path, method="kd", max_steps=4, lr_scheduler_type="linear", lr_decay_epochs=[1],
-                     learning_rate=0.1)
+    args = tiny_args(
+        tmp_path, method="kd", max_steps=4, lr_scheduler_type="linear", lr_decay_epochs=[1], learning_rate=0.1
+    )
     assert args.lr_decay_epochs is None and "is used as it is" in caplog.text
     teacher = tiny_teacher()
-    trainer = DistillationTrainer(model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args,
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args, train_dataset=data.train
+    )
     trainer.train()
     lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
     assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])  # linear decay to 0 over 4 steps

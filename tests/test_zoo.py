@@ -1,4 +1,5 @@
 """The distiller zoo: each loss against an independent numpy computation; every method trains 3 steps."""
+
 import math
 
 import numpy as np
@@ -38,9 +39,9 @@ def test_dkd_by_hand():
         bt = np.array([pt[i, y[i]], 1 - pt[i, y[i]]])
         tckd += kl(bt, bs)
         keep = np.arange(4) != y[i]
-        qs, qt = softmax(s[i:i + 1, keep], T)[0], softmax(t[i:i + 1, keep], T)[0]
+        qs, qt = softmax(s[i : i + 1, keep], T)[0], softmax(t[i : i + 1, keep], T)[0]
         nckd += kl(qt, qs)
-    expected = T ** 2 * (alpha * tckd + beta * nckd) / 3
+    expected = T**2 * (alpha * tckd + beta * nckd) / 3
     got = dkd_loss(torch.tensor(s), torch.tensor(t), torch.tensor(y), alpha, beta, T)
     assert got.item() == pytest.approx(expected, rel=1e-5)
 
@@ -67,7 +68,12 @@ def test_trainer_step_epoch_is_whole_and_one_based():
 
     assert [at(e).epoch for e in (0.0, 0.25, 0.999, 1.0, 1.5, 19.999, 20.0)] == [1, 1, 1, 2, 2, 20, 21]
     assert Step.previous_epoch(SimpleNamespace(epoch=0.0, global_step=0)) is None
-    assert [Step.previous_epoch(SimpleNamespace(epoch=e, global_step=5)) for e in (0.25, 1.0, 1.25, 30.0)] == [1, 1, 2, 30]
+    assert [Step.previous_epoch(SimpleNamespace(epoch=e, global_step=5)) for e in (0.25, 1.0, 1.25, 30.0)] == [
+        1,
+        1,
+        2,
+        30,
+    ]
 
 
 def test_dist_by_hand():
@@ -76,7 +82,7 @@ def test_dist_by_hand():
     ys, yt = softmax(s, T), softmax(t, T)
     inter = np.mean([np.corrcoef(ys[i], yt[i])[0, 1] for i in range(5)])
     intra = np.mean([np.corrcoef(ys[:, j], yt[:, j])[0, 1] for j in range(4)])
-    expected = T ** 2 * (1 - inter) + T ** 2 * (1 - intra)
+    expected = T**2 * (1 - inter) + T**2 * (1 - intra)
     assert dist_loss(torch.tensor(s), torch.tensor(t), 1.0, 1.0, T).item() == pytest.approx(expected, rel=1e-5)
 
 
@@ -85,7 +91,7 @@ def test_at_by_hand():
     ft = [RNG.normal(size=(2, 6, 4, 4)), RNG.normal(size=(2, 7, 4, 4))]  # second pair: teacher map is larger
 
     def q(f):
-        a = (f ** 2).mean(1).reshape(len(f), -1)
+        a = (f**2).mean(1).reshape(len(f), -1)
         return a / np.linalg.norm(a, axis=1, keepdims=True)
 
     pooled = ft[1].reshape(2, 7, 2, 2, 2, 2).mean((3, 5))  # 4x4 -> 2x2 average pooling
@@ -108,7 +114,7 @@ def test_sp_by_hand():
 
 def smooth_l1(a, b):
     d = np.abs(a - b)
-    return float(np.mean(np.where(d < 1, 0.5 * d ** 2, d - 0.5)))
+    return float(np.mean(np.where(d < 1, 0.5 * d**2, d - 0.5)))
 
 
 def test_rkd_by_hand():
@@ -128,8 +134,12 @@ def test_rkd_by_hand():
                     out[i, j, k] = (u / nu) @ (v / nv) if nu > 0 and nv > 0 else 0.0
         return out.ravel()
 
-    assert rkd_distance_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(smooth_l1(dist(es), dist(et)), rel=1e-5)
-    assert rkd_angle_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(smooth_l1(angles(es), angles(et)), rel=1e-5)
+    assert rkd_distance_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(
+        smooth_l1(dist(es), dist(et)), rel=1e-5
+    )
+    assert rkd_angle_loss(torch.tensor(es), torch.tensor(et)).item() == pytest.approx(
+        smooth_l1(angles(es), angles(et)), rel=1e-5
+    )
 
 
 @pytest.fixture(scope="module")
@@ -148,8 +158,12 @@ def test_every_method_trains_three_steps(method, data, data_two_views, tmp_path)
     teacher = tiny_teacher()
     teacher_state = {k: v.clone() for k, v in teacher.state_dict().items()}
     student = tiny_student(teacher, method, data)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method=method, max_steps=3),
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, method=method, max_steps=3),
+        train_dataset=data.train,
+    )
     own = {n for n, p in trainer.distiller.named_parameters()}
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
     trainer.train()
@@ -184,9 +198,14 @@ def test_ctkd_lambda_ramp_and_reversed_gradient():
 
 def test_ctkd_temperature_is_trained_logged_and_checkpointed(data, tmp_path):
     teacher = tiny_teacher()
-    trainer = DistillationTrainer(model=tiny_student(teacher, "dkd", data), teacher_model=teacher,
-                                  args=tiny_args(tmp_path, method="dkd", temperature_schedule="ctkd", max_steps=3,
-                                                 save_strategy="steps", save_steps=3), train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, "dkd", data),
+        teacher_model=teacher,
+        args=tiny_args(
+            tmp_path, method="dkd", temperature_schedule="ctkd", max_steps=3, save_strategy="steps", save_steps=3
+        ),
+        train_dataset=data.train,
+    )
     theta = trainer.distiller.temperature.theta
     trainer.create_optimizer()
     assert any(p is theta for g in trainer.optimizer.param_groups for p in g["params"])
@@ -228,7 +247,7 @@ def test_ofd_margin_and_partial_l2_by_hand():
     for g, b in ((1.0, 0.0), (-2.0, 1.0), (0.5, -5.0)):
         s, m = abs(g), b
         cdf = norm.cdf(-m / s)
-        expected.append(m - s * np.exp(-(m / s) ** 2 / 2) / np.sqrt(2 * np.pi) / cdf if cdf > 1e-3 else -3 * s)
+        expected.append(m - s * np.exp(-((m / s) ** 2) / 2) / np.sqrt(2 * np.pi) / cdf if cdf > 1e-3 else -3 * s)
     margin = ofd_margin(bn)
     np.testing.assert_allclose(margin.numpy(), expected, rtol=1e-5)
     src, tgt = RNG.normal(size=(2, 3, 2, 2)), RNG.normal(size=(2, 3, 2, 2))
@@ -289,9 +308,12 @@ def test_nce_and_hcl_by_hand():
 
 def test_crd_memory_bank_momentum_and_checkpoint(data, tmp_path):
     teacher = tiny_teacher()
-    trainer = DistillationTrainer(model=tiny_student(teacher, "crd", data), teacher_model=teacher,
-                                  args=tiny_args(tmp_path, method="crd", max_steps=2, save_strategy="steps", save_steps=2),
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, "crd", data),
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, method="crd", max_steps=2, save_strategy="steps", save_steps=2),
+        train_dataset=data.train,
+    )
     crd = trainer.distiller
     assert crd.memory_s.shape == (len(data.train), 128) and crd.k == len(data.train) - 1
     before = crd.memory_s.clone()
@@ -316,29 +338,44 @@ def test_mlkd_terms_by_hand_and_its_second_view(data, tmp_path):
     cmask = (cconf <= np.median(cconf)).astype(float)
     inst = cls = bat = 0.0
     for T in (4, 3, 5, 2, 6):
-        for (s, t, sm, cm) in ((sw, tw, smask, cmask), (ss, ts, np.ones(4), np.ones(3))):
+        for s, t, sm, cm in ((sw, tw, smask, cmask), (ss, ts, np.ones(4), np.ones(3))):
             ps, pt = softmax(s, T), softmax(t, T)
-            inst += np.mean([T ** 2 * kl(pt[i], ps[i]) for i in range(4)] * sm)
+            inst += np.mean([T**2 * kl(pt[i], ps[i]) for i in range(4)] * sm)
             cls += np.sum(((pt.T @ pt - ps.T @ ps) ** 2).sum(1) / 3 * cm)
             bat += np.sum(((pt @ pt.T - ps @ ps.T) ** 2).sum(1) / 4 * sm)
     got = mlkd_terms(*(torch.tensor(a) for a in (sw, tw, ss, ts)), weight=1.0)
     assert [g.item() for g in got] == pytest.approx([inst, cls, bat], rel=1e-5)
     teacher = tiny_teacher()
     with pytest.raises(ValueError, match="reads \\['pixel_values_strong'\\].*views=\\('strong',\\)"):
-        DistillationTrainer(model=tiny_student(teacher, "mlkd", data), teacher_model=teacher,
-                            args=tiny_args(tmp_path, method="mlkd"), train_dataset=data.train)
+        DistillationTrainer(
+            model=tiny_student(teacher, "mlkd", data),
+            teacher_model=teacher,
+            args=tiny_args(tmp_path, method="mlkd"),
+            train_dataset=data.train,
+        )
 
 
 GENERIC_PAIRS = {
     # teacher factory, student, methods refused before training (and why)
     "resnet18->mobilenetv3_small_100": (
-        lambda: __import__("timm").create_model("resnet18", num_classes=10).eval(), "mobilenetv3_small_100",
-        {"ab": "pre-activation", "ofd": "pre-activation", "reviewkd": "pre-activation"}),
+        lambda: __import__("timm").create_model("resnet18", num_classes=10).eval(),
+        "mobilenetv3_small_100",
+        {"ab": "pre-activation", "ofd": "pre-activation", "reviewkd": "pre-activation"},
+    ),
     "vit->cifar_resnet8x4": (
-        lambda: __import__("timm").create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8).eval(),
+        lambda: (
+            __import__("timm").create_model("vit_tiny_patch16_224", num_classes=10, img_size=32, patch_size=8).eval()
+        ),
         "cifar_resnet8x4",
-        {"ab": "pre-activation", "ofd": "pre-activation", "reviewkd": "pre-activation",
-         "mkcd": "not a \\(B, C, H, W\\) map", "simkd": "not a \\(B, C, H, W\\) map", "srrl": "not a \\(B, C, H, W\\) map"}),
+        {
+            "ab": "pre-activation",
+            "ofd": "pre-activation",
+            "reviewkd": "pre-activation",
+            "mkcd": "not a \\(B, C, H, W\\) map",
+            "simkd": "not a \\(B, C, H, W\\) map",
+            "srrl": "not a \\(B, C, H, W\\) map",
+        },
+    ),
 }
 
 
@@ -355,15 +392,24 @@ def test_timm_models_outside_the_cifar_zoo(pair, tmp_path):
         if method in refused:
             with pytest.raises(ValueError, match=refused[method]):
                 student = MKCDStudentForImageClassification.from_teacher(
-                    teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32)
-                DistillationTrainer(model=student, teacher_model=teacher, train_dataset=data.train,
-                                    args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8))
+                    teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32
+                )
+                DistillationTrainer(
+                    model=student,
+                    teacher_model=teacher,
+                    train_dataset=data.train,
+                    args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8),
+                )
             continue
         student = MKCDStudentForImageClassification.from_teacher(
-            teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32)
-        trainer = DistillationTrainer(model=student, teacher_model=None if method == "none" else teacher,
-                                      train_dataset=data.train,
-                                      args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8))
+            teacher, student_name, projector=cls.projector, head=cls.head, id2label=data.id2label, image_size=32
+        )
+        trainer = DistillationTrainer(
+            model=student,
+            teacher_model=None if method == "none" else teacher,
+            train_dataset=data.train,
+            args=tiny_args(tmp_path / method, method=method, max_steps=1, per_device_train_batch_size=8),
+        )
         trainer.train()
         assert all(math.isfinite(v) for e in trainer.state.log_history for k, v in e.items() if k.startswith("loss"))
         trained.append(method)
@@ -380,8 +426,12 @@ def test_only_what_the_method_reads_is_computed(data, tmp_path):
     for model in (teacher, student.backbone):
         model.forward_intermediates = forbidden
         model.forward_stage_maps = forbidden
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=tiny_args(tmp_path, method="kd", max_steps=1),
-                                  train_dataset=data.train)
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, method="kd", max_steps=1),
+        train_dataset=data.train,
+    )
     trainer.train()
     assert trainer.state.global_step == 1
 
@@ -413,10 +463,18 @@ def test_ab_follows_repdistiller(data, tmp_path):
     teacher = tiny_teacher()  # resnet20 stages (16, 32, 64 channels) vs resnet8x4's (64, 128, 256): ConvReg connectors
     student = tiny_student(teacher, "ab", data, backbone="cifar_resnet8x4")
     probe = OptimizerProbe()
-    args = tiny_args(tmp_path, method="ab", max_steps=-1, num_train_epochs=2, distiller_kwargs='{"init_epochs": 1}',
-                     weight_decay=5e-4, logging_steps=1)
-    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train,
-                                  callbacks=[probe])
+    args = tiny_args(
+        tmp_path,
+        method="ab",
+        max_steps=-1,
+        num_train_epochs=2,
+        distiller_kwargs='{"init_epochs": 1}',
+        weight_decay=5e-4,
+        logging_steps=1,
+    )
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=args, train_dataset=data.train, callbacks=[probe]
+    )
     assert not any(isinstance(c, torch.nn.Identity) for c in trainer.distiller.connectors)
     head = {k: v.clone() for k, v in student.backbone.fc.state_dict().items()}
     bn_before = student.backbone.bn1.running_mean.clone()
@@ -464,35 +522,32 @@ def test_crd_scores_by_whole_bank_matmul_equal_the_row_gather():
     torch.testing.assert_close(fast, slow, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(fast_grad, anchor.grad, rtol=1e-5, atol=1e-5)
     big = torch.nn.functional.normalize(torch.randn(500, 8, generator=g))  # 500 * 4 > 120: the row-gather path
-    torch.testing.assert_close(crd._scores(anchor.detach(), big, idx),
-                               torch.exp(torch.bmm(big[idx], anchor.detach().unsqueeze(2)).squeeze(2) / 0.07))
+    torch.testing.assert_close(
+        crd._scores(anchor.detach(), big, idx),
+        torch.exp(torch.bmm(big[idx], anchor.detach().unsqueeze(2)).squeeze(2) / 0.07),
+    )
 
 
-def test_mlkd_warns_once_below_cifar100s_class_count():
-    import warnings
-
-    from hf_mkcd.distillers import get_distiller_class
-
+def test_mlkd_says_below_cifar100s_class_count_before_training():
     mlkd = get_distiller_class("mlkd")()
-    logits = {c: {"logits": torch.randn(8, c), "strong": {"logits": torch.randn(8, c)}} for c in (10, 100)}
-    batch = {"labels": torch.zeros(8, dtype=torch.long)}
-    with pytest.warns(UserWarning, match="about 100x larger with 10 classes"):
-        mlkd(logits[10], logits[10], batch, None)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        mlkd(logits[10], logits[10], batch, None)  # once per run, not every step
-        get_distiller_class("mlkd")()(logits[100], logits[100], batch, None)  # CIFAR-100: silent
+    (problem,) = mlkd.setting_problems(10, 4000)
+    assert "about 100x larger with 10 classes" in problem
+    assert mlkd.setting_problems(100, 50_000) == []  # CIFAR-100: silent
 
 
 # RepDistiller's ``get_feat_modules()`` per family, written out by hand: what AB's initialisation leaves out
 AB_LEFT_OUT = {
-    "cifar_resnet8x4": ("fc.",),                      # conv1, bn1, layer1-3 are the feature modules
-    "cifar_wrn_16_2": ("bn1.", "fc."),                # conv1, block1-3: the final BN is left out
-    "cifar_mobilenetv2": ("conv2.", "classifier."),   # conv1, blocks: the last 1x1 conv (+BN) is left out
+    "cifar_resnet8x4": ("fc.",),  # conv1, bn1, layer1-3 are the feature modules
+    "cifar_wrn_16_2": ("bn1.", "fc."),  # conv1, block1-3: the final BN is left out
+    "cifar_mobilenetv2": ("conv2.", "classifier."),  # conv1, blocks: the last 1x1 conv (+BN) is left out
     "cifar_shufflev2": ("conv2.", "bn2.", "linear."),  # conv1, bn1, layer1-3: the last 1x1 conv and BN are left out
 }
-AB_TEACHER = {"cifar_resnet8x4": "cifar_resnet32x4", "cifar_wrn_16_2": "cifar_wrn_40_2",
-              "cifar_mobilenetv2": "cifar_vgg13", "cifar_shufflev2": "cifar_resnet32x4"}  # the recipes' pairs
+AB_TEACHER = {
+    "cifar_resnet8x4": "cifar_resnet32x4",
+    "cifar_wrn_16_2": "cifar_wrn_40_2",
+    "cifar_mobilenetv2": "cifar_vgg13",
+    "cifar_shufflev2": "cifar_resnet32x4",
+}  # the recipes' pairs
 
 
 @pytest.mark.parametrize("backbone", sorted(AB_LEFT_OUT))
@@ -510,8 +565,11 @@ def test_ab_initialisation_trains_exactly_repdistillers_feature_modules(data, tm
     backbone_module = student.backbone
     before = {k: v.clone() for k, v in backbone_module.state_dict().items()}
     modes = {}
-    hooks = [m.register_forward_pre_hook(lambda m, _, name=n: modes.setdefault(name, set()).add(m.training))
-             for n, m in backbone_module.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    hooks = [
+        m.register_forward_pre_hook(lambda m, _, name=n: modes.setdefault(name, set()).add(m.training))
+        for n, m in backbone_module.named_modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    ]
     trainer.train()
     for h in hooks:
         h.remove()

@@ -23,6 +23,7 @@ As the reference does:
 One run instead of two loops: set ``num_train_epochs`` to 30 + the main epochs and shift
 ``lr_decay_epochs`` by 30 (the recipes do).
 """
+
 import torch
 import torch.nn as nn
 
@@ -33,8 +34,8 @@ from ..models.projectors import ConvRegressor
 
 def ab_stage_loss(source: torch.Tensor, target: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     s, t = source.float(), target.float()
-    pos = ((s + margin) ** 2 * ((s > -margin) & (t <= 0)).float())
-    neg = ((s - margin) ** 2 * ((s <= margin) & (t > 0)).float())
+    pos = (s + margin) ** 2 * ((s > -margin) & (t <= 0)).float()
+    neg = (s - margin) ** 2 * ((s <= margin) & (t > 0)).float()
     return (pos + neg).sum() / s.shape[0]
 
 
@@ -49,7 +50,8 @@ def ab_connector(student_shape, teacher_shape) -> nn.Module:
 class AB(Distiller):
     paper = 'Heo et al., AAAI 2019'
     recipe_note = (  # the reference setting (recipe comments)
-        "activation-boundary initialisation, then CE (RepDistiller -a 0 -b 1)")
+        "activation-boundary initialisation, then CE (RepDistiller -a 0 -b 1)"
+    )
     bibtex = (
         '@inproceedings{heo2019knowledge,\n'
         '  title={Knowledge Transfer via Distillation of Activation Boundaries Formed by Hidden Neurons},\n'
@@ -68,7 +70,7 @@ class AB(Distiller):
         super().__init__(pair, temperature, **hparams)
         s, t = pair.student_shapes["preact_stages"], pair.teacher_shapes["preact_stages"]
         self.n = min(len(s), len(t)) - 1
-        self.connectors = nn.ModuleList(ab_connector(cs, ct) for cs, ct in zip(s[-self.n:], t[-self.n:]))
+        self.connectors = nn.ModuleList(ab_connector(cs, ct) for cs, ct in zip(s[-self.n :], t[-self.n :]))
         backbone = pair.student.backbone
         head = [n for n, m in backbone.named_modules() if m is backbone.get_classifier()][:1]
         left_out = head + list(getattr(backbone, "prepool_modules", ()))
@@ -87,8 +89,9 @@ class AB(Distiller):
         idle_connectors = 0.0 * sum(p.sum() for p in self.connectors.parameters())
         if self.stage(step.epoch) == "init":
             total = 0.0
-            for i, (f_s, f_t, conn) in enumerate(zip(student["preact_stages"][-self.n:],
-                                                     teacher["preact_stages"][-self.n:], self.connectors)):
+            for i, (f_s, f_t, conn) in enumerate(
+                zip(student["preact_stages"][-self.n :], teacher["preact_stages"][-self.n :], self.connectors)
+            ):
                 total = total + 2.0 ** (i - self.n + 1) * ab_stage_loss(conn(f_s), f_t, h["margin"])
             return {"loss_ab": h["feat_weight"] * total + 0.0 * student["logits"].sum()}
         terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]) + idle_connectors}

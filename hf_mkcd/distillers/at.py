@@ -5,6 +5,7 @@ the larger map is average-pooled to the smaller one's size:
     L = CE + 1000 * sum_l mean((Q(F_s^l) - Q(F_t^l))^2)
 Stages are paired from the first one after the stem (mdistiller's ``zip(feats[1:], feats[1:])``).
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -35,10 +36,12 @@ def at_loss(student_maps, teacher_maps, p: float = 2.0) -> torch.Tensor:
 class AT(Distiller):
     paper = 'Zagoruyko & Komodakis, ICLR 2017'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 1 + 1000 x attention transfer, p = 2 (mdistiller)")
+        "CE 1 + 1000 x attention transfer, p = 2 (mdistiller)"
+    )
     bibtex = (
         '@inproceedings{zagoruyko2017paying,\n'
-        '  title={Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks via Attention Transfer},\n'
+        '  title={Paying More Attention to Attention: Improving the Performance of Convolutional Neural Networks '
+        'via Attention Transfer},\n'
         '  author={Zagoruyko, Sergey and Komodakis, Nikos},\n'
         '  booktitle={ICLR},\n'
         '  year={2017}\n'

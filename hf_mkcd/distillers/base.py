@@ -23,12 +23,13 @@ student and the distiller in one module, so the optimizer, DDP and checkpoints s
 that needs them is built from a :class:`Pair` (the two models and the shapes probed once); a
 logit-only method needs nothing to be complete.
 """
+
 from __future__ import annotations
 
 import difflib
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple, Type, Union
+from typing import Dict, List, Optional, Tuple, Type, Union
 
 import torch
 import torch.nn as nn
@@ -158,11 +159,17 @@ class Distiller(nn.Module):
         # the one temperature object of the run: its state (CTKD's theta) is trained and checkpointed here
         self.temperature = temperature if self.uses_temperature else None
 
-    def forward(self, student: Dict[str, object], teacher: Dict[str, object], batch: Dict[str, torch.Tensor],
-                step: Step) -> Dict[str, torch.Tensor]:
+    def forward(
+        self, student: Dict[str, object], teacher: Dict[str, object], batch: Dict[str, torch.Tensor], step: Step
+    ) -> Dict[str, torch.Tensor]:
         """Named, weighted loss terms. ``batch`` holds ``labels`` and the keys of ``batch_needs``;
         ``student[view]`` / ``teacher[view]`` hold the outputs of each extra view."""
         raise NotImplementedError
+
+    def setting_problems(self, num_classes: Optional[int], num_train_samples: Optional[int]) -> List[str]:
+        """Terms of this method that degenerate in this setting (few classes, few samples), each as a sentence: the
+        trainer warns with them before the first step. The default: none."""
+        return []
 
     # -- optional stage structure (AB's initialisation stage) -----------------------------------------
     def stage(self, epoch: int) -> str:

@@ -10,6 +10,7 @@ in every checkpoint (``distiller.safetensors``). Differs from RepDistiller on pu
 uniformly from all training samples on the device, not from other classes by the data loader (with 100
 classes, 1% of them share the anchor's class).
 """
+
 import math
 
 import torch
@@ -49,7 +50,8 @@ def _gather(t: torch.Tensor) -> torch.Tensor:
 class CRD(Distiller):
     paper = 'Tian et al., ICLR 2020'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 1 + 0.8 x NCE, 16,384 negatives (RepDistiller -a 0 -b 0.8)")
+        "CE 1 + 0.8 x NCE, 16,384 negatives (RepDistiller -a 0 -b 0.8)"
+    )
     bibtex = (
         '@inproceedings{tian2020contrastive,\n'
         '  title={Contrastive Representation Distillation},\n'
@@ -63,8 +65,15 @@ class CRD(Distiller):
     batch_needs = frozenset({"index"})
     needs_pair = True
     uses_temperature = True
-    defaults = {"ce_weight": 1.0, "feat_weight": 0.8, "kd_weight": 0.0, "feat_dim": 128, "nce_k": 16384,
-                "nce_t": 0.07, "nce_momentum": 0.5}
+    defaults = {
+        "ce_weight": 1.0,
+        "feat_weight": 0.8,
+        "kd_weight": 0.0,
+        "feat_dim": 128,
+        "nce_k": 16384,
+        "nce_t": 0.07,
+        "nce_momentum": 0.5,
+    }
 
     def __init__(self, pair=None, temperature=None, **hparams):
         super().__init__(pair, temperature, **hparams)
@@ -102,6 +111,16 @@ class CRD(Distiller):
             z.fill_(value.item())
         return z
 
+    def setting_problems(self, num_classes, num_train_samples):
+        wanted = int(self.hparams["nce_k"])
+        if wanted <= self.k:
+            return []
+        return [
+            f"crd draws {wanted:,} negatives per anchor in the reference, more than this training set's "
+            f"{self.n:,} samples allow: {self.k:,} are drawn, each sample about {self.k / self.n:.1f} times per "
+            "anchor, so the NCE contrast is weaker than the method was tuned for"
+        ]
+
     def forward(self, student, teacher, batch, step):
         h, labels = self.hparams, batch["labels"]
         index = batch["index"].long()
@@ -113,8 +132,10 @@ class CRD(Distiller):
         out_t = self._scores(v_t, self.memory_s, idx)  # teacher anchor vs student memory
         out_s = out_s / self._normalizer(self.z_t, out_s)
         out_t = out_t / self._normalizer(self.z_s, out_t)
-        terms = {"loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
-                 "loss_crd": h["feat_weight"] * (nce_loss(out_s, self.n) + nce_loss(out_t, self.n))}
+        terms = {
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], labels),
+            "loss_crd": h["feat_weight"] * (nce_loss(out_s, self.n) + nce_loss(out_t, self.n)),
+        }
         if h["kd_weight"]:
             terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature)
         if self.training:

@@ -5,6 +5,7 @@ KD (CE 0.1 + KD 0.9) with CTKD's learned adversarial temperature (``temperature.
 the method's default schedule is ``ctkd``. ``--temperature_schedule ctkd`` gives the same temperature
 to any other method that uses one (kd, dkd, mkcd, dist, srrl, crd/ab with a KD term).
 """
+
 from .base import register_distiller
 from .kd import KD
 
@@ -13,12 +14,14 @@ from .kd import KD
 class CTKD(KD):
     paper = 'Li et al., AAAI 2023'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 0.1 + KD 0.9 with the learned adversarial temperature (zhengli97/CTKD)")
+        "CE 0.1 + KD 0.9 with the learned adversarial temperature (zhengli97/CTKD)"
+    )
     recipe_settings = {}  # its temperature is learned
     bibtex = (
         '@inproceedings{li2023curriculum,\n'
         '  title={Curriculum Temperature for Knowledge Distillation},\n'
-        '  author={Li, Zheng and Li, Xiang and Yang, Lingfeng and Zhao, Borui and Song, Renjie and Luo, Lei and Li, Jun and Yang, Jian},\n'
+        '  author={Li, Zheng and Li, Xiang and Yang, Lingfeng and Zhao, Borui and Song, Renjie and Luo, Lei '
+        'and Li, Jun and Yang, Jian},\n'
         '  booktitle={AAAI},\n'
         '  year={2023}\n'
         '}'

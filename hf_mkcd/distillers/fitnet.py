@@ -4,6 +4,7 @@ One stage map (the hint layer, index 2 = end of stage 2 with the stem at 0, 16x1
 goes through a ConvReg regressor to the teacher's map at the same index:
     L = CE + 100 * MSE(reg(F_s^h), F_t^h)     (one stage: regressor and student train together).
 """
+
 from .base import Distiller, register_distiller
 from .losses import feature_mse
 from ..models.projectors import ConvRegressor
@@ -16,7 +17,8 @@ class FitNet(Distiller):
     bibtex = (
         '@inproceedings{romero2015fitnets,\n'
         '  title={FitNets: Hints for Thin Deep Nets},\n'
-        '  author={Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine and Gatta, Carlo and Bengio, Yoshua},\n'
+        '  author={Romero, Adriana and Ballas, Nicolas and Kahou, Samira Ebrahimi and Chassang, Antoine '
+        'and Gatta, Carlo and Bengio, Yoshua},\n'
         '  booktitle={ICLR},\n'
         '  year={2015}\n'
         '}'
@@ -32,7 +34,9 @@ class FitNet(Distiller):
         s, t = pair.student_shapes["stages"], pair.teacher_shapes["stages"]
         for who, stages in (("student", s), ("teacher", t)):
             if not -len(stages) <= self.hint < len(stages):
-                raise ValueError(f"fitnet: hint_layer {self.hint} out of range for the {who}'s {len(stages)} stage maps")
+                raise ValueError(
+                    f"fitnet: hint_layer {self.hint} out of range for the {who}'s {len(stages)} stage maps"
+                )
         self.regressor = ConvRegressor(s[self.hint], t[self.hint])
 
     def forward(self, student, teacher, batch, step):

@@ -2,6 +2,7 @@
 
 L = 0.1 * CE(z_s, y) + 0.9 * T^2 * KL(p_t^T || p_s^T), T = 4 (mdistiller/RepDistiller CIFAR defaults).
 """
+
 from .base import Distiller, register_distiller
 from .losses import kd_loss
 

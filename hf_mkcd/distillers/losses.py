@@ -1,4 +1,5 @@
 """Loss functions as pure, typed functions (testable alone); distillers combine them."""
+
 from __future__ import annotations
 
 import torch
@@ -14,13 +15,13 @@ def _softened_kl(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tem
 
 def kd_per_sample(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
     """T^2 * KL per sample (MLKD masks it per sample)."""
-    return _softened_kl(student_logits, teacher_logits, temperature) * temperature ** 2
+    return _softened_kl(student_logits, teacher_logits, temperature) * temperature**2
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature) -> torch.Tensor:
     """Hinton KD: T^2 * KL, summed over classes, mean over the batch (= mdistiller ``kd_loss`` and
     RepDistiller ``KLDivLoss(batchmean) * T^2``)."""
-    return _softened_kl(student_logits, teacher_logits, temperature).mean() * temperature ** 2
+    return _softened_kl(student_logits, teacher_logits, temperature).mean() * temperature**2
 
 
 def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:

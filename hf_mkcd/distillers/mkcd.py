@@ -12,6 +12,7 @@ linearly from ``temperature_min`` = 1 to ``temperature_max`` = 8 over training (
 ahead of a constant T = 4, of a cosine rise and of dropping the KD term on every seed); feature 10, KD 1, CE 1
 (at weight 1 the feature term was the smallest of the three; 10 and 20 scored alike, 5 and 50 lower).
 """
+
 from .base import Distiller, register_distiller
 from .losses import feature_mse, kd_loss
 
@@ -20,10 +21,13 @@ from .losses import feature_mse, kd_loss
 class MKCD(Distiller):
     paper = 'MKCD, ICJE 11(3), 2025'
     recipe_note = (  # the reference setting (recipe comments)
-        "its defaults (feature + KD + CE through the reused teacher head, encoder-decoder projector, progressive temperature), chosen by the ablation in docs/mkcd.md")
+        "its defaults (feature + KD + CE through the reused teacher head, encoder-decoder projector, progressive "
+        "temperature), chosen by the ablation in docs/mkcd.md"
+    )
     bibtex = (
         '@article{mkcd2025,\n'
-        '  title={Multi-knowledge Collaborative Distillation Framework based on an Encoder-decoder Feature Projector},\n'
+        '  '
+        'title={Multi-knowledge Collaborative Distillation Framework based on an Encoder-decoder Feature Projector},\n'
         '  journal={ICJE},\n'
         '  volume={11},\n'
         '  number={3},\n'

@@ -14,7 +14,6 @@ paper's formulas): masks apply per sample / class row (the reference reduces fir
 its term by the kept fraction); the strong-view class and batch terms are added (the reference computes
 but drops them); every strong-view instance term uses the strong logits (two of the reference's use the weak).
 """
-import warnings
 
 import torch
 import torch.nn.functional as F
@@ -43,7 +42,9 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
     class_mask = (class_conf <= class_conf.median()).float()
     inst = cls = bat = 0.0
     for t in TEMPERATURES:
-        inst = inst + (kd_per_sample(s_weak, t_weak, t) * sample_mask).mean() + kd_per_sample(s_strong, t_strong, t).mean()
+        inst = (
+            inst + (kd_per_sample(s_weak, t_weak, t) * sample_mask).mean() + kd_per_sample(s_strong, t_strong, t).mean()
+        )
         cls = cls + (class_level(s_weak, t_weak, t) * class_mask).sum() + class_level(s_strong, t_strong, t).sum()
         bat = bat + (batch_level(s_weak, t_weak, t) * sample_mask).sum() + batch_level(s_strong, t_strong, t).sum()
     return weight * inst, weight * cls, weight * bat
@@ -53,7 +54,8 @@ def mlkd_terms(s_weak, t_weak, s_strong, t_strong, weight: float = 0.9):
 class MLKD(Distiller):
     paper = 'Jin et al., CVPR 2023'
     recipe_note = (  # the reference setting (recipe comments)
-        "weak + strong views, T in (4,3,5,2,6), CE 0.1 per view + 0.9 per level")
+        "weak + strong views, T in (4,3,5,2,6), CE 0.1 per view + 0.9 per level"
+    )
     bibtex = (
         '@inproceedings{jin2023multi,\n'
         '  title={Multi-Level Logit Distillation},\n'
@@ -65,15 +67,17 @@ class MLKD(Distiller):
     views = ("strong",)
     defaults = {"ce_weight": 0.1, "kd_weight": 0.9}
 
+    def setting_problems(self, num_classes, num_train_samples):
+        if num_classes is None or num_classes >= 100:
+            return []
+        return [
+            f"mlkd's weights are CIFAR-100's (100 classes); its class-level term grows as (batch / classes)^2, about "
+            f"{(100 / num_classes) ** 2:.0f}x larger with {num_classes} classes. On the 10-class proxy benchmark "
+            "(docs/benchmarks.md) every seed collapsed to chance: watch the first evaluation."
+        ]
+
     def forward(self, student, teacher, batch, step):
         h, labels = self.hparams, batch["labels"]
-        classes = student["logits"].shape[1]
-        if classes < 100 and not getattr(self, "_warned_classes", False):
-            self._warned_classes = True
-            warnings.warn(
-                f"mlkd's weights are CIFAR-100's (100 classes); the class-level term grows as (batch / classes)^2, "
-                f"about {(100 / classes) ** 2:.0f}x larger with {classes} classes. On the 10-class proxy benchmark "
-                "(docs/benchmarks.md) every seed collapsed to chance: watch the first evaluation.", stacklevel=2)
         s_strong, t_strong = student["strong"]["logits"], teacher["strong"]["logits"]
         inst, cls, bat = mlkd_terms(student["logits"], teacher["logits"], s_strong, t_strong, h["kd_weight"])
         ce = self.ce(student["logits"], labels) + self.ce(s_strong, labels)

@@ -1,4 +1,5 @@
 """``none``: the vanilla student (cross-entropy only, no teacher); also trains teachers."""
+
 from .base import Distiller, register_distiller
 
 

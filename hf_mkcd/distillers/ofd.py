@@ -9,6 +9,7 @@ before the ReLU (sigma = |gamma|, mu = beta):
 Stages are paired from the deepest one. Differs from mdistiller on purpose: its ``OFD.train()`` puts the
 teacher's BN in train mode during distillation; here the teacher stays in eval mode (the paper's frozen teacher).
 """
+
 import math
 
 import torch
@@ -21,7 +22,7 @@ def ofd_margin(bn: nn.BatchNorm2d) -> torch.Tensor:
     std, mean = bn.weight.detach().abs().float(), bn.bias.detach().float()
     z = mean / std.clamp_min(1e-12)
     cdf = torch.special.ndtr(-z)
-    m = mean - std * torch.exp(-(z ** 2) / 2) / math.sqrt(2 * math.pi) / cdf.clamp_min(1e-12)
+    m = mean - std * torch.exp(-(z**2) / 2) / math.sqrt(2 * math.pi) / cdf.clamp_min(1e-12)
     return torch.where(cdf > 1e-3, m, -3 * std)
 
 
@@ -41,8 +42,10 @@ def connector(c_in: int, c_out: int) -> nn.Sequential:
 def teacher_stage_bns(teacher: nn.Module, method: str):
     name = getattr(teacher, "pretrained_cfg", {}).get("architecture", type(teacher).__name__)
     if not hasattr(teacher, "stage_preact_bns"):
-        raise ValueError(f"{method}: the teacher {name} does not expose the BN before each stage's ReLU "
-                         "(only the hf_mkcd CIFAR zoo does); choose a method that needs no BN statistics")
+        raise ValueError(
+            f"{method}: the teacher {name} does not expose the BN before each stage's ReLU "
+            "(only the hf_mkcd CIFAR zoo does); choose a method that needs no BN statistics"
+        )
     try:
         return teacher.stage_preact_bns()
     except NotImplementedError as err:
@@ -53,11 +56,13 @@ def teacher_stage_bns(teacher: nn.Module, method: str):
 class OFD(Distiller):
     paper = 'Heo et al., ICCV 2019'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 1 + 0.001 x partial L2 with the teacher's BN margins (mdistiller)")
+        "CE 1 + 0.001 x partial L2 with the teacher's BN margins (mdistiller)"
+    )
     bibtex = (
         '@inproceedings{heo2019comprehensive,\n'
         '  title={A Comprehensive Overhaul of Feature Distillation},\n'
-        '  author={Heo, Byeongho and Kim, Jeesoo and Yun, Sangdoo and Park, Hyojin and Kwak, Nojun and Choi, Jin Young},\n'
+        '  author={Heo, Byeongho and Kim, Jeesoo and Yun, Sangdoo and Park, Hyojin and Kwak, Nojun '
+        'and Choi, Jin Young},\n'
         '  booktitle={ICCV},\n'
         '  year={2019}\n'
         '}'
@@ -79,8 +84,12 @@ class OFD(Distiller):
 
     def forward(self, student, teacher, batch, step):
         h, total = self.hparams, 0.0
-        for i, (f_s, f_t, conn) in enumerate(zip(student["preact_stages"][-self.n:], teacher["preact_stages"][-self.n:],
-                                                 self.connectors)):
+        for i, (f_s, f_t, conn) in enumerate(
+            zip(student["preact_stages"][-self.n :], teacher["preact_stages"][-self.n :], self.connectors)
+        ):
             f_t = nn.functional.adaptive_avg_pool2d(f_t, f_s.shape[-2:]) if f_t.shape[-2:] != f_s.shape[-2:] else f_t
             total = total + ofd_stage_loss(conn(f_s), f_t, getattr(self, f"margin{i}")) / 2 ** (self.n - i - 1)
-        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]), "loss_feat": h["feat_weight"] * total}
+        return {
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
+            "loss_feat": h["feat_weight"] * total,
+        }

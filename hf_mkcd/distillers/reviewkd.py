@@ -10,6 +10,7 @@ per level: MSE plus MSE of 4x4/2x2/1x1 average pools (weights halving), normalis
 ``epoch`` is the whole, 1-based epoch in progress, as mdistiller counts it (0.05 in the first epoch).
 Levels are paired from the deepest one when the two networks have different stage counts.
 """
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -22,8 +23,9 @@ class ABF(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channels))
+        self.conv2 = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.att_conv = nn.Sequential(nn.Conv2d(mid_channels * 2, 2, 1), nn.Sigmoid()) if fuse else None
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
         nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
@@ -36,7 +38,8 @@ class ABF(nn.Module):
             # resolution and nothing is concatenated (the same function and parameters as the reference's ABF)
             conv, c = self.att_conv[0], x.shape[1]
             att = F.conv2d(x, conv.weight[:, :c], conv.bias) + F.interpolate(
-                F.conv2d(residual, conv.weight[:, c:]), size=x.shape[-2:], mode="nearest")
+                F.conv2d(residual, conv.weight[:, c:]), size=x.shape[-2:], mode="nearest"
+            )
             z = self.att_conv[1](att)
             residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
             x = torch.addcmul(x * z[:, 0:1], residual, z[:, 1:2])
@@ -96,14 +99,16 @@ class ReviewKD(Distiller):
 
     def forward(self, student, teacher, batch, step):
         h = self.hparams
-        feats = _levels(student, "stages")[-self.n:][::-1]
+        feats = _levels(student, "stages")[-self.n :][::-1]
         results = []
         out, residual = self.abfs[0](feats[0], out_size=self.out_sizes[0])
         results.append(out)
         for f, abf, size in zip(feats[1:], self.abfs[1:], self.out_sizes[1:]):
             out, residual = abf(f, residual, size)
             results.insert(0, out)
-        targets = _levels(teacher, "preact_stages")[-self.n:]
+        targets = _levels(teacher, "preact_stages")[-self.n :]
         warm = warmup_factor(step.epoch, h["warmup_epochs"])
-        return {"loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
-                "loss_feat": h["feat_weight"] * warm * hcl_loss(results, targets)}
+        return {
+            "loss_ce": h["ce_weight"] * self.ce(student["logits"], batch["labels"]),
+            "loss_feat": h["feat_weight"] * warm * hcl_loss(results, targets),
+        }

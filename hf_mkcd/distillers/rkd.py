@@ -4,6 +4,7 @@ On the pooled embeddings: pairwise distances (not squared, eps 1e-12, each norma
 positive distance) and triplet angles, matched with smooth L1:
     L = CE + 25 * SmoothL1(psi_D^s, psi_D^t) + 50 * SmoothL1(psi_A^s, psi_A^t)
 """
+
 import torch
 import torch.nn.functional as F
 

@@ -4,6 +4,7 @@ The student's last map goes through SimKD's 1x1-3x3-1x1 projector; the loss is M
 pre-pool map, nothing else (``-c 0 -d 0 -b 1`` in DefangChen/SimKD); the teacher's frozen classifier
 is the student's head at inference.
 """
+
 from .base import Distiller, register_distiller
 from .losses import feature_mse
 
@@ -12,7 +13,8 @@ from .losses import feature_mse
 class SimKD(Distiller):
     paper = 'Chen et al., CVPR 2022'
     recipe_note = (  # the reference setting (recipe comments)
-        "feature MSE only, projector factor 2 (DefangChen/SimKD -f 2)")
+        "feature MSE only, projector factor 2 (DefangChen/SimKD -f 2)"
+    )
     recipe_settings = {"projector_factor": 2}
     bibtex = (
         '@inproceedings{chen2022knowledge,\n'
@@ -29,4 +31,6 @@ class SimKD(Distiller):
     defaults = {"feat_weight": 1.0}
 
     def forward(self, student, teacher, batch, step):
-        return {"loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
+        return {
+            "loss_feat": self.hparams["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])
+        }

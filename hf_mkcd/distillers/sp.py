@@ -3,6 +3,7 @@
 Batch similarity G = f f^T of the flattened last stage map, rows L2-normalised:
     L = CE + 3000 * ||G_t - G_s||_F^2 / B^2
 """
+
 import torch
 import torch.nn.functional as F
 
@@ -23,7 +24,8 @@ def sp_loss(student_map: torch.Tensor, teacher_map: torch.Tensor) -> torch.Tenso
 class SP(Distiller):
     paper = 'Tung & Mori, ICCV 2019'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 1 + 3000 x similarity-preserving loss (mdistiller)")
+        "CE 1 + 3000 x similarity-preserving loss (mdistiller)"
+    )
     bibtex = (
         '@inproceedings{tung2019similarity,\n'
         '  title={Similarity-Preserving Knowledge Distillation},\n'

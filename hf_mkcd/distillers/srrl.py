@@ -8,6 +8,7 @@ As in the SRRL paper's inference, the deployable student keeps the connector and
 inference = W_t t' + b_t). The SimKD repository instead keeps the student's own classifier for the CE
 and KL terms and at test time; the SRRL paper's "softmax regression" is the term through W_t.
 """
+
 import torch.nn.functional as F
 
 from .base import Distiller, register_distiller
@@ -18,7 +19,8 @@ from .losses import feature_mse, kd_loss
 class SRRL(Distiller):
     paper = 'Yang et al., ICLR 2021'
     recipe_note = (  # the reference setting (recipe comments)
-        "CE 1 + KL 1 + feature MSE 1 + logit MSE 1 (DefangChen/SimKD -c 1 -d 1 -b 1)")
+        "CE 1 + KL 1 + feature MSE 1 + logit MSE 1 (DefangChen/SimKD -c 1 -d 1 -b 1)"
+    )
     bibtex = (
         '@inproceedings{yang2021knowledge,\n'
         '  title={Knowledge Distillation via Softmax Regression Representation Learning},\n'

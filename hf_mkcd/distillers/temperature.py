@@ -13,6 +13,7 @@ and checkpointed with the method's other modules, and a fixed one simply has no 
   through a gradient-reversal layer whose scale lambda follows a cosine ramp from 0 to -1 over the
   first 10 epochs (epochs counted from 1), so theta learns to maximise the distillation loss.
 """
+
 from __future__ import annotations
 
 import math
@@ -107,8 +108,9 @@ def ctkd_lambda(epoch: int, decay_epochs: float = 10.0, lambda_max: float = 0.0,
 class CTKDTemperature(Temperature):
     """tau = t_start + t_range * sigmoid(GRL_lambda(theta))."""
 
-    def __init__(self, t_start: float = 1.0, t_range: float = 20.0, theta_init: float = 1.0,
-                 decay_epochs: float = 10.0, **_):
+    def __init__(
+        self, t_start: float = 1.0, t_range: float = 20.0, theta_init: float = 1.0, decay_epochs: float = 10.0, **_
+    ):
         super().__init__()
         self.t_start, self.t_range, self.decay_epochs = t_start, t_range, decay_epochs
         self.theta = nn.Parameter(torch.tensor(float(theta_init)))
@@ -128,12 +130,14 @@ TEMPERATURE_SCHEDULES: Dict[str, Type[Temperature]] = {
 }
 
 
-def build_temperature(name: str, temperature: float = DEFAULT_TEMPERATURE, temperature_min: float = 1.0,
-                      temperature_max: float = 8.0) -> Temperature:
+def build_temperature(
+    name: str, temperature: float = DEFAULT_TEMPERATURE, temperature_min: float = 1.0, temperature_max: float = 8.0
+) -> Temperature:
     if name not in TEMPERATURE_SCHEDULES:
         raise ValueError(f"unknown temperature schedule {name!r}; choose one of {sorted(TEMPERATURE_SCHEDULES)}")
-    return TEMPERATURE_SCHEDULES[name](temperature=temperature, temperature_min=temperature_min,
-                                       temperature_max=temperature_max)
+    return TEMPERATURE_SCHEDULES[name](
+        temperature=temperature, temperature_min=temperature_min, temperature_max=temperature_max
+    )
 
 
 def _check_positive(**values) -> None:

@@ -11,6 +11,7 @@ is adaptive (equal to the reference's fixed ``AvgPool2d`` at 32x32, and still de
 
 This file is also shipped inside every saved student (remote code), so it only imports torch/timm.
 """
+
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ from typing import Callable, List, Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from timm.layers import SelectAdaptivePool2d
 from timm.models import build_model_with_cfg, generate_default_cfgs, is_model, register_model
 from timm.models._features import feature_take_indices
@@ -126,14 +126,14 @@ class CifarNet(nn.Module):
         return self.forward_prepool(x)
 
     def forward_intermediates(
-            self,
-            x: torch.Tensor,
-            indices: Optional[Union[int, List[int]]] = None,
-            norm: bool = False,
-            stop_early: bool = False,
-            output_fmt: str = "NCHW",
-            intermediates_only: bool = False,
-            preact: bool = False,
+        self,
+        x: torch.Tensor,
+        indices: Optional[Union[int, List[int]]] = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+        preact: bool = False,
     ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
         """timm's feature API over ``feature_info`` (stem + stages, post-activation as mdistiller's
         ``feats``). ``preact=True`` returns the pre-activation maps instead (mdistiller's
@@ -185,7 +185,9 @@ def register_cifar_model(name: str, model_cls: type, cfg: dict, **model_kwargs) 
 
     def entrypoint(pretrained: bool = False, **kwargs):
         return build_model_with_cfg(
-            model_cls, name, pretrained,
+            model_cls,
+            name,
+            pretrained,
             feature_cfg=dict(feature_cls="getter"),
             **{**model_kwargs, **kwargs},
         )

@@ -1,9 +1,10 @@
 """CIFAR MobileNetV2 (``mobile_half``: expansion 6, width 0.5), as RepDistiller/mdistiller ``mobilenetv2.py``.
 
 The classifier pools the 1x1-expanded map ``conv2`` (1280x2x2), not the last stage (160x2x2):
-``forward_prepool`` applies ``conv2`` (the map the classifier pools, docs/zoo.md). Blocks end in a linear BN (no ReLU), so a
-stage's pre-activation map is its output.
+``forward_prepool`` applies ``conv2`` (the map the classifier pools, docs/zoo.md). Blocks end in a linear BN
+(no ReLU), so a stage's pre-activation map is its output.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,8 +14,11 @@ from .cifar_common import CifarNet, init_reference_weights, cifar_cfg, register_
 
 
 def _conv_bn_relu(in_chans: int, out_chans: int, kernel: int, stride: int) -> nn.Sequential:
-    return nn.Sequential(nn.Conv2d(in_chans, out_chans, kernel, stride, kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_chans), nn.ReLU(inplace=True))
+    return nn.Sequential(
+        nn.Conv2d(in_chans, out_chans, kernel, stride, kernel // 2, bias=False),
+        nn.BatchNorm2d(out_chans),
+        nn.ReLU(inplace=True),
+    )
 
 
 class InvertedResidual(nn.Module):
@@ -23,10 +27,14 @@ class InvertedResidual(nn.Module):
         hidden = inp * expand
         self.use_res_connect = stride == 1 and inp == oup
         self.conv = nn.Sequential(
-            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False), nn.BatchNorm2d(hidden), nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False), nn.BatchNorm2d(hidden),
+            nn.Conv2d(inp, hidden, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(hidden),
             nn.ReLU(inplace=True),
-            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False), nn.BatchNorm2d(oup),
+            nn.Conv2d(hidden, hidden, 3, stride, 1, groups=hidden, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, oup, 1, 1, 0, bias=False),
+            nn.BatchNorm2d(oup),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -38,13 +46,27 @@ class CifarMobileNetV2(CifarNet):
     classifier_attr = "classifier"
     classifier_in_sequential = True
     # (expansion, channels, repeats, stride); expansion None = the model's ``expand``
-    SETTING = [(1, 16, 1, 1), (None, 24, 2, 1), (None, 32, 3, 2), (None, 64, 4, 2),
-               (None, 96, 3, 1), (None, 160, 3, 2), (None, 320, 1, 1)]
+    SETTING = [
+        (1, 16, 1, 1),
+        (None, 24, 2, 1),
+        (None, 32, 3, 2),
+        (None, 64, 4, 2),
+        (None, 96, 3, 1),
+        (None, 160, 3, 2),
+        (None, 320, 1, 1),
+    ]
     # feature stage i ends after ``blocks[STAGE_ENDS[i]]`` (mdistiller's f1..f4)
     STAGE_ENDS = (1, 2, 4, 6)
 
-    def __init__(self, expand: int = 6, width_mult: float = 0.5, num_classes: int = 100, in_chans: int = 3,
-                 global_pool: str = "avg", **kwargs):
+    def __init__(
+        self,
+        expand: int = 6,
+        width_mult: float = 0.5,
+        num_classes: int = 100,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        **kwargs,
+    ):
         super().__init__()
         chans = int(32 * width_mult)
         self.conv1 = _conv_bn_relu(in_chans, chans, 3, 2)
@@ -83,5 +105,6 @@ class CifarMobileNetV2(CifarNet):
         return self.conv2(x)
 
 
-register_cifar_model("cifar_mobilenetv2", CifarMobileNetV2, cifar_cfg("classifier.0", first_conv="conv1.0"), expand=6,
-                     width_mult=0.5)
+register_cifar_model(
+    "cifar_mobilenetv2", CifarMobileNetV2, cifar_cfg("classifier.0", first_conv="conv1.0"), expand=6, width_mult=0.5
+)

@@ -3,6 +3,7 @@
 Same layers, order and initialisation as RepDistiller/mdistiller ``resnet.py`` / ``resnetv2.py``:
 3x3 stem without max-pool, post-activation blocks, 1x1-conv + BN shortcut when shapes change.
 """
+
 from __future__ import annotations
 
 import torch
@@ -71,8 +72,17 @@ class CifarResNet(CifarNet):
     (RepDistiller ``ResNet``); ``block="bottleneck"`` with ``layers`` gives the 4-stage ResNet50 of
     ``resnetv2.py`` (64-channel stem, classifier named ``linear``, shortcut named ``shortcut``)."""
 
-    def __init__(self, depth: int = 20, widths=(16, 16, 32, 64), block: str = "basic", layers=None,
-                 num_classes: int = 100, in_chans: int = 3, global_pool: str = "avg", **kwargs):
+    def __init__(
+        self,
+        depth: int = 20,
+        widths=(16, 16, 32, 64),
+        block: str = "basic",
+        layers=None,
+        num_classes: int = 100,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        **kwargs,
+    ):
         super().__init__()
         if block == "basic":
             assert (depth - 2) % 6 == 0, "BasicBlock CIFAR ResNet depth must be 6n+2"
@@ -116,8 +126,10 @@ class CifarResNet(CifarNet):
 
 
 _RESNETS = {
-    "cifar_resnet20": dict(depth=20), "cifar_resnet32": dict(depth=32),
-    "cifar_resnet56": dict(depth=56), "cifar_resnet110": dict(depth=110),
+    "cifar_resnet20": dict(depth=20),
+    "cifar_resnet32": dict(depth=32),
+    "cifar_resnet56": dict(depth=56),
+    "cifar_resnet110": dict(depth=110),
     "cifar_resnet8x4": dict(depth=8, widths=(32, 64, 128, 256)),
     "cifar_resnet32x4": dict(depth=32, widths=(32, 64, 128, 256)),
 }

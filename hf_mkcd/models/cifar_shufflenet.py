@@ -4,6 +4,7 @@
 ShuffleNetV2's classifier pools ``relu(bn2(conv2(layer3)))`` (1024x4x4), not layer3 (464x4x4).
 Its pre-activation map follows the reference: ``cat(x1, preact)`` *before* the channel shuffle.
 """
+
 from __future__ import annotations
 
 import torch
@@ -113,7 +114,11 @@ class CifarShuffleNet(CifarNet):
         else:
             widths, repeats, num_features = (116, 232, 464), (3, 7, 3), 1024
             for i, (w, n) in enumerate(zip(widths, repeats)):
-                setattr(self, f"layer{i + 1}", nn.Sequential(ShuffleV2Down(in_planes, w), *[ShuffleV2Block(w) for _ in range(n)]))
+                setattr(
+                    self,
+                    f"layer{i + 1}",
+                    nn.Sequential(ShuffleV2Down(in_planes, w), *[ShuffleV2Block(w) for _ in range(n)]),
+                )
                 in_planes = w
                 feature_info.append(dict(num_chs=w, reduction=2 ** (i + 1), module=f"layer{i + 1}"))
             self.conv2 = nn.Conv2d(in_planes, num_features, 1, bias=False)

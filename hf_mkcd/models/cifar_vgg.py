@@ -3,6 +3,7 @@
 Five conv blocks; max-pool after blocks 0-2 (block 3 is pooled only for 64x64 inputs, as in the
 reference), so at 32x32 blocks 3 and 4 both run at 4x4. The pre-pool map is relu(block4).
 """
+
 from __future__ import annotations
 
 import torch.nn as nn
@@ -28,7 +29,9 @@ def _make_block(widths, in_chans: int) -> nn.Sequential:
 class CifarVGG(CifarNet):
     classifier_attr = "classifier"
 
-    def __init__(self, vgg_cfg: str = "S", num_classes: int = 100, in_chans: int = 3, global_pool: str = "avg", **kwargs):
+    def __init__(
+        self, vgg_cfg: str = "S", num_classes: int = 100, in_chans: int = 3, global_pool: str = "avg", **kwargs
+    ):
         super().__init__()
         widths = VGG_CFGS[vgg_cfg]
         prev = in_chans
@@ -36,7 +39,7 @@ class CifarVGG(CifarNet):
             setattr(self, f"block{i}", _make_block(w, prev))
             prev = w[-1]
         self.pool = nn.MaxPool2d(2, 2)
-        feature_info = [dict(num_chs=w[-1], reduction=min(2 ** i, 8), module=f"block{i}") for i, w in enumerate(widths)]
+        feature_info = [dict(num_chs=w[-1], reduction=min(2**i, 8), module=f"block{i}") for i, w in enumerate(widths)]
         self._finish(num_classes, widths[-1][-1], feature_info, global_pool)
         init_reference_weights(self, linear_std=0.01)
 

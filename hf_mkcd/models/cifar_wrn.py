@@ -3,6 +3,7 @@
 Pre-activation blocks: a stage's output is *before* BN-ReLU, so the map the classifier pools is
 ``relu(bn1(block3))`` (``forward_prepool``), not the last stage output (docs/zoo.md).
 """
+
 from __future__ import annotations
 
 import torch
@@ -34,9 +35,9 @@ class WideBasic(nn.Module):
 class NetworkBlock(nn.Module):
     def __init__(self, n: int, in_planes: int, out_planes: int, stride: int):
         super().__init__()
-        self.layer = nn.Sequential(*[
-            WideBasic(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(n)
-        ])
+        self.layer = nn.Sequential(
+            *[WideBasic(in_planes if i == 0 else out_planes, out_planes, stride if i == 0 else 1) for i in range(n)]
+        )
 
     def forward(self, x):
         return self.layer(x)
@@ -45,8 +46,15 @@ class NetworkBlock(nn.Module):
 class CifarWideResNet(CifarNet):
     prepool_modules = ("bn1",)
 
-    def __init__(self, depth: int = 40, widen_factor: int = 2, num_classes: int = 100, in_chans: int = 3,
-                 global_pool: str = "avg", **kwargs):
+    def __init__(
+        self,
+        depth: int = 40,
+        widen_factor: int = 2,
+        num_classes: int = 100,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        **kwargs,
+    ):
         super().__init__()
         assert (depth - 4) % 6 == 0, "WRN depth must be 6n+4"
         n = (depth - 4) // 6

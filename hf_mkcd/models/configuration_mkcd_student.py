@@ -2,6 +2,7 @@
 
 Shipped inside every saved student (remote code): transformers only.
 """
+
 from __future__ import annotations
 
 from typing import Any

@@ -3,6 +3,7 @@
 Shipped inside every saved student (remote code, through the student's relative import): torch and
 timm only.
 """
+
 from __future__ import annotations
 
 import difflib
@@ -113,5 +114,9 @@ def check_num_classes(hint: str = "", **counts) -> None:
         return
     (first, n_first), *rest = known.items()
     parts = [f"the {first} predicts {n_first} classes"] + [f"the {name} has {n}" for name, n in rest]
-    raise ValueError("class-count mismatch: " + ", ".join(parts) + ". " + (
-        hint or "Use a teacher trained on this dataset's label set (or the dataset it was trained on)."))
+    raise ValueError(
+        "class-count mismatch: "
+        + ", ".join(parts)
+        + ". "
+        + (hint or "Use a teacher trained on this dataset's label set (or the dataset it was trained on).")
+    )

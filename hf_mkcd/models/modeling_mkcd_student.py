@@ -9,6 +9,7 @@ Shipped inside every saved student (``save_pretrained`` copies this file and its
 so a directory loads with ``trust_remote_code=True`` where hf_mkcd is not installed: only torch,
 timm and transformers are imported here.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -23,8 +24,14 @@ from transformers.utils import ModelOutput
 
 from .cifar_zoo import CIFAR100_MEAN, CIFAR100_STD  # noqa: F401  (import registers the CIFAR zoo in timm)
 from .configuration_mkcd_student import MKCDStudentConfig
-from .helpers import (FrozenLinear, check_num_classes, create_timm_model, first_conv_in_channels, match_channels,
-                      teacher_linear_head)
+from .helpers import (
+    FrozenLinear,
+    check_num_classes,
+    create_timm_model,
+    first_conv_in_channels,
+    match_channels,
+    teacher_linear_head,
+)
 from .projectors import build_projector, projector_options
 
 
@@ -73,8 +80,12 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             module._is_timm_module = True
         self.projector = None
         if config.projector is not None:
-            self.projector = build_projector(config.projector, config.student_feature_shape,
-                                             config.teacher_feature_shape, **(config.projector_kwargs or {}))
+            self.projector = build_projector(
+                config.projector,
+                config.student_feature_shape,
+                config.teacher_feature_shape,
+                **(config.projector_kwargs or {}),
+            )
         self.head_pool = self.classifier = None
         if not own_head:
             self.head_pool = SelectAdaptivePool2d(pool_type=config.head_pool, flatten=True)
@@ -82,18 +93,19 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         self.post_init()
 
     def forward(
-            self,
-            pixel_values: torch.Tensor,
-            labels: Optional[torch.Tensor] = None,
-            output_features: bool = False,
-            return_dict: Optional[bool] = None,
+        self,
+        pixel_values: torch.Tensor,
+        labels: Optional[torch.Tensor] = None,
+        output_features: bool = False,
+        return_dict: Optional[bool] = None,
     ) -> Union[DistilledImageClassifierOutput, tuple]:
         features = self.backbone.forward_features(match_channels(pixel_values, self.config.num_channels))
         projected = self.projector(features) if self.projector is not None else None
         logits = self.logits_from(features, projected)
         loss = F.cross_entropy(logits, labels) if labels is not None else None
         out = DistilledImageClassifierOutput(
-            loss=loss, logits=logits,
+            loss=loss,
+            logits=logits,
             features=features if output_features else None,
             projected_features=projected if output_features else None,
         )
@@ -108,19 +120,19 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
     # -- building from a teacher ----------------------------------------------------------------
     @classmethod
     def from_teacher(
-            cls,
-            teacher: nn.Module,
-            student: str,
-            projector: Optional[str] = "mkcd",
-            head: str = "teacher",
-            projector_kwargs: Optional[dict] = None,
-            backbone_kwargs: Optional[dict] = None,
-            num_labels: Optional[int] = None,
-            id2label: Optional[dict] = None,
-            image_size: Optional[int] = None,
-            image_mean=None,
-            image_std=None,
-            teacher_name: Optional[str] = None,
+        cls,
+        teacher: nn.Module,
+        student: str,
+        projector: Optional[str] = "mkcd",
+        head: str = "teacher",
+        projector_kwargs: Optional[dict] = None,
+        backbone_kwargs: Optional[dict] = None,
+        num_labels: Optional[int] = None,
+        id2label: Optional[dict] = None,
+        image_size: Optional[int] = None,
+        image_mean=None,
+        image_std=None,
+        teacher_name: Optional[str] = None,
     ) -> "MKCDStudentForImageClassification":
         """Build a student for ``teacher`` (a timm model): probe both feature maps, size the projector,
         copy the teacher's classifier as the frozen head (``head="teacher"``).
@@ -129,10 +141,21 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         or ``id2label``, when the teacher gives no convolutional map, or when its head is not
         global pool + linear (SimKD-style reuse is then undefined).
         """
+        try:  # a transformers classifier is read through timm's interface (hf_mkcd.teacher)
+            from hf_mkcd.teacher import as_timm_teacher
+
+            teacher = as_timm_teacher(teacher)
+        except ImportError:  # this file runs as remote code where hf_mkcd is not installed: timm teachers only
+            pass
         fc = teacher_linear_head(teacher)
         n_teacher = fc.out_features
-        check_num_classes(**{"teacher": n_teacher, "student's num_labels": num_labels,
-                             "student's id2label": len(id2label) if id2label else None})
+        check_num_classes(
+            **{
+                "teacher": n_teacher,
+                "student's num_labels": num_labels,
+                "student's id2label": len(id2label) if id2label else None,
+            }
+        )
         num_channels = first_conv_in_channels(teacher)
         cfg = getattr(teacher, "pretrained_cfg", None) or {}
         image_size = image_size or cfg.get("input_size", (3, 32, 32))[-1]
@@ -146,7 +169,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             if needs_maps and f.ndim != 4:
                 raise ValueError(
                     f"the {who} {name} gives features of shape {tuple(f.shape)}, not a (B, C, H, W) map: "
-                    "a feature projector / reused head needs a convolutional feature map."
+                    "a feature projector / reused head needs a convolutional feature map (methods that read logits "
+                    "or pooled features work with it: kd, dkd, dist, ctkd, mlkd, rkd, crd)."
                 )
         pool_type = getattr(getattr(teacher, "global_pool", None), "pool_type", "avg") or "avg"
         if head == "teacher":
@@ -155,8 +179,11 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
                 teacher.eval()
                 t_logits = teacher.forward_head(teacher.forward_features(probe.to(fc.weight.device)))
                 teacher.train(was_training)
-                mine = F.linear(SelectAdaptivePool2d(pool_type=pool_type, flatten=True)(f_t.to(fc.weight.device)),
-                                fc.weight, fc.bias)
+                mine = F.linear(
+                    SelectAdaptivePool2d(pool_type=pool_type, flatten=True)(f_t.to(fc.weight.device)),
+                    fc.weight,
+                    fc.bias,
+                )
             if not torch.allclose(t_logits, mine, atol=1e-4, rtol=1e-4):
                 raise ValueError(
                     "the teacher's head is not global pooling + its linear classifier (forward_head does more, e.g. a "
@@ -166,18 +193,28 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         if projector is not None and "out_act" in projector_options(projector):
             # teacher maps that are post-ReLU (every CIFAR zoo model) get a final ReLU in the projector
             projector_kwargs.setdefault("out_act", "relu" if bool((f_t >= 0).all()) else "none")
-        shapes = dict(student_feature_shape=list(f_s.shape[1:]), teacher_feature_shape=list(f_t.shape[1:])) \
-            if needs_maps else {}
+        shapes = (
+            dict(student_feature_shape=list(f_s.shape[1:]), teacher_feature_shape=list(f_t.shape[1:]))
+            if needs_maps
+            else {}
+        )
         if id2label is None:
             id2label = {i: f"LABEL_{i}" for i in range(n_teacher)}
         mean = image_mean or cfg.get("mean", CIFAR100_MEAN)
         std = image_std or cfg.get("std", CIFAR100_STD)
         config = MKCDStudentConfig(
-            backbone=student, backbone_kwargs=backbone_kwargs or None, projector=projector,
+            backbone=student,
+            backbone_kwargs=backbone_kwargs or None,
+            projector=projector,
             projector_kwargs=projector_kwargs or None,
             **shapes,
-            head=head, head_pool=pool_type, teacher=teacher_name, image_size=image_size, num_channels=num_channels,
-            image_mean=list(_fit(mean, num_channels)), image_std=list(_fit(std, num_channels)),
+            head=head,
+            head_pool=pool_type,
+            teacher=teacher_name,
+            image_size=image_size,
+            num_channels=num_channels,
+            image_mean=list(_fit(mean, num_channels)),
+            image_std=list(_fit(std, num_channels)),
             id2label={int(k): v for k, v in id2label.items()},
         )
         model = cls(config)
@@ -196,7 +233,9 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         mean = cfg.image_mean or _fit(data_cfg.get("mean", CIFAR100_MEAN), cfg.num_channels)
         std = cfg.image_std or _fit(data_cfg.get("std", CIFAR100_STD), cfg.num_channels)
         return ViTImageProcessor(
-            size={"height": cfg.image_size, "width": cfg.image_size}, image_mean=list(mean), image_std=list(std),
+            size={"height": cfg.image_size, "width": cfg.image_size},
+            image_mean=list(mean),
+            image_std=list(std),
             do_convert_rgb=cfg.num_channels == 3,
         )
 
@@ -207,7 +246,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
 
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True) and not os.path.exists(
-                os.path.join(save_directory, "preprocessor_config.json")):
+            os.path.join(save_directory, "preprocessor_config.json")
+        ):
             self.image_processor().save_pretrained(save_directory)
 
     def export_timm(self, save_directory: str):
@@ -229,13 +269,21 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         self.backbone.pretrained_cfg = {
             **(getattr(self.backbone, "pretrained_cfg", None) or {}),
             "input_size": (cfg.num_channels, cfg.image_size, cfg.image_size),
-            "mean": tuple(self.image_processor().image_mean), "std": tuple(self.image_processor().image_std),
+            "mean": tuple(self.image_processor().image_mean),
+            "std": tuple(self.image_processor().image_std),
             "num_classes": cfg.num_labels,
         }
         model_args = dict(cfg.backbone_kwargs or {})
-        backbone = copy.deepcopy(self.backbone).to(memory_format=torch.contiguous_format)  # safetensors wants contiguous
-        save_for_hf(backbone, save_directory, safe_serialization=True, model_args=model_args or None,
-                    model_config={"label_names": [cfg.id2label[i] for i in range(cfg.num_labels)]})
+        backbone = copy.deepcopy(self.backbone).to(
+            memory_format=torch.contiguous_format
+        )  # safetensors wants contiguous
+        save_for_hf(
+            backbone,
+            save_directory,
+            safe_serialization=True,
+            model_args=model_args or None,
+            model_config={"label_names": [cfg.id2label[i] for i in range(cfg.num_labels)]},
+        )
         path = os.path.join(save_directory, "config.json")
         with open(path) as f:
             data = json.load(f)

@@ -17,6 +17,7 @@ to the smaller one. A projector's :attr:`output_size` says where its output live
 
 This file ships inside every saved student (remote code): torch only.
 """
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -108,14 +109,24 @@ class EncoderDecoderProjector(FeatureProjector):
 
     learned_resampling = True
 
-    def __init__(self, student_shape, teacher_shape, factor: int = 4, latent_ratio: int = 2,
-                 skip: bool = False, residual: bool = True, out_act: str = "relu"):
+    def __init__(
+        self,
+        student_shape,
+        teacher_shape,
+        factor: int = 4,
+        latent_ratio: int = 2,
+        skip: bool = False,
+        residual: bool = True,
+        out_act: str = "relu",
+    ):
         super().__init__(student_shape, teacher_shape)
         c_s, c_t = self.student_shape[0], self.teacher_shape[0]
         m = c_t // factor
         z = m // latent_ratio
         if m < 1 or z < 1:
-            raise ValueError(f"mkcd projector: C_t={c_t} / factor={factor} / latent_ratio={latent_ratio} leaves no channels")
+            raise ValueError(
+                f"mkcd projector: C_t={c_t} / factor={factor} / latent_ratio={latent_ratio} leaves no channels"
+            )
         stride = 2 if self.plan == "down2" else 1
         self.encoder = nn.Sequential(conv_bn_relu(c_s, m, 1), conv_bn_relu(m, z, 3, stride))
         if self.plan == "up2":
@@ -131,8 +142,12 @@ class EncoderDecoderProjector(FeatureProjector):
             resample = nn.Upsample(scale_factor=2, mode="nearest") if self.plan == "up2" else nn.Identity()
             self.skip = nn.Sequential(resample, nn.Conv2d(c_s, c_t, 1, stride, bias=False), nn.BatchNorm2d(c_t))
         if residual:
-            resample = {"up2": nn.Upsample(scale_factor=2, mode="nearest"), "down2": nn.AvgPool2d(2)}.get(self.plan, nn.Identity())
-            channels = nn.Identity() if c_s == c_t else nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
+            resample = {"up2": nn.Upsample(scale_factor=2, mode="nearest"), "down2": nn.AvgPool2d(2)}.get(
+                self.plan, nn.Identity()
+            )
+            channels = (
+                nn.Identity() if c_s == c_t else nn.Sequential(nn.Conv2d(c_s, c_t, 1, bias=False), nn.BatchNorm2d(c_t))
+            )
             self.shortcut = nn.Sequential(resample, channels)
             last_bn = self.decoder[-1][1]
             nn.init.zeros_(last_bn.weight)
@@ -220,8 +235,10 @@ class IdentityProjector(FeatureProjector):
         super().__init__(student_shape, teacher_shape)
         c_s, c_t = self.student_shape[0], self.teacher_shape[0]
         if c_s != c_t:
-            raise ValueError(f"identity projector: the student map has {c_s} channels, the teacher's {c_t}; "
-                             "choose a projector that maps channels (mkcd, simkd)")
+            raise ValueError(
+                f"identity projector: the student map has {c_s} channels, the teacher's {c_t}; "
+                "choose a projector that maps channels (mkcd, simkd)"
+            )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.pool_input(x)

@@ -1,5 +1,6 @@
 """Top-k accuracy as an ``evaluate`` metric that loads offline from this package
 (``evaluate.load("accuracy")`` needs the Hub)."""
+
 import datasets
 import evaluate
 import numpy as np
@@ -19,11 +20,15 @@ Returns:
 class TopkAccuracy(evaluate.Metric):
     def _info(self):
         return evaluate.MetricInfo(
-            description=_DESCRIPTION, citation="", inputs_description=_KWARGS_DESCRIPTION,
-            features=datasets.Features({
-                "predictions": datasets.Sequence(datasets.Value("float32")),
-                "references": datasets.Value("int64"),
-            }),
+            description=_DESCRIPTION,
+            citation="",
+            inputs_description=_KWARGS_DESCRIPTION,
+            features=datasets.Features(
+                {
+                    "predictions": datasets.Sequence(datasets.Value("float32")),
+                    "references": datasets.Value("int64"),
+                }
+            ),
         )
 
     def _compute(self, predictions, references, k=(1, 5)):
