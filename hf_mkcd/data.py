@@ -73,10 +73,18 @@ class DataArguments:
         default=None, metadata={"help": "Model input size (default: the teacher's / the model's)."}
     )
     augmentation: str = field(
-        default="crop_flip",
+        default="auto",
         metadata={
-            "help": "Training augmentation: crop_flip (the CIFAR recipe: random crop with 4-pixel padding + flip) or "
-            "none. Extra views a method reads (MLKD's strong view) are added because the method asks for them."
+            "help": "Training augmentation: crop_flip (the CIFAR recipe: random crop with 4-pixel padding + flip), "
+            "random_resized_crop (timm's for photos: RandomResizedCrop + flip; evaluation resizes and centre-crops at "
+            "the teacher's crop_pct), none, or auto (the default: crop_flip below 96x96 inputs, random_resized_crop "
+            "from 96x96). Extra views a method reads (MLKD's strong view) are added because the method asks for them."
+        },
+    )
+    auto_augment: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "timm's RandAugment string for photos, e.g. rand-m9-mstd0.5-inc1 (random_resized_crop only)."
         },
     )
     image_mean: Optional[Sequence[float]] = field(
@@ -229,6 +237,77 @@ def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -
     return _load_hub(name, config)
 
 
+LABEL_NAMES = ("label", "labels", "fine_label")  # label columns recognised by name, in this order
+
+
+def _as_pil(image, channels: int):
+    if isinstance(image, PILImage.Image):
+        return image.convert("L" if channels == 1 else "RGB")
+    return PILImage.fromarray(image_to_tensor(image, channels).permute(1, 2, 0).squeeze(-1).numpy())
+
+
+def _rand_augment(config: str, mean):
+    """timm's RandAugment (e.g. ``rand-m9-mstd0.5-inc1``), filling with the mean colour, as timm's transforms do."""
+    from timm.data.auto_augment import rand_augment_transform
+
+    fill = tuple(int(round(255 * m)) for m in (list(mean) * 3 if len(mean) == 1 else mean))
+    return rand_augment_transform(config, {"translate_const": 100, "img_mean": fill})
+
+
+def _with_seeded_rngs(generator: torch.Generator, fn):
+    """Run ``fn`` with Python's and NumPy's global RNGs seeded from ``generator``; their states are restored."""
+    import random
+
+    seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator).item())
+    py_state, np_state = random.getstate(), np.random.get_state()
+    random.seed(seed)
+    np.random.seed(seed)
+    try:
+        return fn()
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def encode_label_column(ds: DatasetDict, train_split: str, label_column: Optional[str] = None) -> DatasetDict:
+    """A label column of plain integers or strings becomes a ``ClassLabel``, the same in every split: integers
+    0..K-1 keep their ids (named "0".."K-1"), strings are numbered in sorted order (as ``class_encode_column``
+    does), said in the log. A ``ClassLabel`` column is left as it is."""
+    features = ds[train_split].features
+    if label_column is None:
+        if any(isinstance(v, ClassLabel) for v in features.values()):
+            return ds
+        label_column = next((k for k in LABEL_NAMES if k in features), None)
+    if label_column is None or label_column not in features or isinstance(features[label_column], ClassLabel):
+        return ds
+    dtype = getattr(features[label_column], "dtype", None)
+    if dtype not in ("string", "large_string") and not str(dtype).startswith(("int", "uint")):
+        return ds  # not a label: detect_columns says what it needs
+    values = sorted({v for split in ds.values() for v in split.unique(label_column) if v is not None})
+    if all(isinstance(v, int) for v in values):
+        if values and (values[0] < 0 or values[-1] >= 10_000):
+            raise ValueError(f"label column {label_column!r} holds integers {values[0]}..{values[-1]}: not class ids")
+        names = [str(i) for i in range(values[-1] + 1)] if values else []
+        how = f"integers 0..{len(names) - 1} kept as class ids"
+        to_id = None
+    else:
+        names = [str(v) for v in values]
+        how = f"{len(names)} names numbered in sorted order ({', '.join(names[:4])}{' ...' if len(names) > 4 else ''})"
+        to_id = {n: i for i, n in enumerate(names)}
+    label = ClassLabel(names=names)
+    out = {}
+    for split_name, split in ds.items():
+        if to_id is not None:
+            split = split.map(
+                lambda batch: {label_column: [to_id[str(v)] for v in batch[label_column]]},
+                batched=True,
+                desc=f"encoding {label_column!r}",
+            )
+        out[split_name] = split.cast_column(label_column, label)
+    logger.info(f"label column {label_column!r} ({dtype}) encoded as a ClassLabel: {how}")
+    return DatasetDict(out)
+
+
 def detect_columns(
     features: Features, image_column: Optional[str] = None, label_column: Optional[str] = None
 ) -> Tuple[str, str]:
@@ -240,7 +319,7 @@ def detect_columns(
         image_column = images[0]
     if label_column is None:
         labels = [k for k, v in features.items() if isinstance(v, ClassLabel)]
-        preferred = [k for k in ("label", "labels", "fine_label") if k in labels]
+        preferred = [k for k in LABEL_NAMES if k in labels]
         if preferred:
             label_column = preferred[0]
         elif len(labels) == 1:
@@ -374,13 +453,56 @@ def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: s
 
 
 def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2000, seed: int = 0):
+    """Per-channel mean and standard deviation over every pixel of up to ``n`` images (any sizes: photos differ)."""
     idx = np.random.default_rng(seed).choice(len(dataset), size=min(n, len(dataset)), replace=False)
-    batch = torch.stack([image_to_tensor(dataset[int(i)][image_column], channels).float() / 255 for i in idx])
-    return batch.mean((0, 2, 3)).tolist(), batch.std((0, 2, 3)).tolist()
+    total = torch.zeros(channels, dtype=torch.float64)
+    squares = torch.zeros(channels, dtype=torch.float64)
+    pixels = 0
+    for i in idx:
+        x = image_to_tensor(dataset[int(i)][image_column], channels).double().flatten(1) / 255
+        total += x.sum(1)
+        squares += (x * x).sum(1)
+        pixels += x.shape[1]
+    mean = total / pixels
+    std = (squares / pixels - mean * mean).clamp_min(0).mul(pixels / max(pixels - 1, 1)).sqrt()  # unbiased, as before
+    return mean.tolist(), std.tolist()
 
 
 INDEX_COLUMN = "__index__"
-AUGMENTATIONS = ("crop_flip", "none")
+AUGMENTATIONS = ("auto", "crop_flip", "random_resized_crop", "none")
+PHOTO_SIZE = 96  # inputs at least this large are photos: timm's transforms; smaller ones are CIFAR-sized
+DEFAULT_CROP_PCT = 0.875  # timm's default evaluation crop (resize to size / 0.875, centre crop)
+
+
+def resolve_augmentation(augmentation: str, image_size: int) -> str:
+    """``auto`` follows the data: CIFAR-sized inputs keep the CIFAR recipe's crop + flip, photos get timm's
+    RandomResizedCrop + flip (and resize + centre crop for evaluation)."""
+    if augmentation not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation {augmentation!r}: one of {AUGMENTATIONS}")
+    if augmentation != "auto":
+        return augmentation
+    return "random_resized_crop" if image_size >= PHOTO_SIZE else "crop_flip"
+
+
+def random_resized_crop_params(h: int, w: int, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's ``RandomResizedCrop.get_params``, drawn from ``generator``: (top, left, height, width)."""
+    area = h * w
+    log_ratio = torch.log(torch.tensor(ratio))
+    for _ in range(10):
+        target = area * torch.empty(1).uniform_(scale[0], scale[1], generator=generator).item()
+        aspect = torch.exp(torch.empty(1).uniform_(log_ratio[0], log_ratio[1], generator=generator)).item()
+        cw, ch = int(round((target * aspect) ** 0.5)), int(round((target / aspect) ** 0.5))
+        if 0 < cw <= w and 0 < ch <= h:
+            i = torch.randint(0, h - ch + 1, (1,), generator=generator).item()
+            j = torch.randint(0, w - cw + 1, (1,), generator=generator).item()
+            return i, j, ch, cw
+    in_ratio = w / h  # fallback: the central crop of the closest ratio
+    cw, ch = (
+        (w, int(round(w / min(ratio))))
+        if in_ratio < min(ratio)
+        else ((int(round(h * max(ratio))), h) if in_ratio > max(ratio) else (w, h))
+    )
+    return (h - ch) // 2, (w - cw) // 2, ch, cw
 
 
 class ImageTransform:
@@ -406,18 +528,33 @@ class ImageTransform:
         augmentation: str = "crop_flip",
         seed: int = 0,
         views: Sequence[str] = (),
+        crop_pct: float = DEFAULT_CROP_PCT,
+        auto_augment: Optional[str] = None,
     ):
         from torchvision.transforms import v2
 
-        if augmentation not in AUGMENTATIONS:
-            raise ValueError(f"unknown augmentation {augmentation!r}: one of {AUGMENTATIONS}")
+        augmentation = resolve_augmentation(augmentation, image_size)
         unknown = set(views) - set(VIEWS)
         if unknown:
             raise ValueError(f"unknown view(s) {sorted(unknown)}: the pipeline makes {sorted(VIEWS)}")
+        self.photo = augmentation == "random_resized_crop"  # timm's pipeline, evaluation included
+        if self.photo and views and train:
+            raise ValueError(
+                f"the extra view(s) {list(views)} are defined on CIFAR-sized images (crop_flip); this "
+                f"method cannot run with --augmentation {augmentation} at {image_size}x{image_size}"
+            )
+        if auto_augment and not self.photo:
+            raise ValueError(
+                "--auto_augment (timm's RandAugment string) applies to the photo pipeline: use "
+                "--augmentation random_resized_crop"
+            )
         self.image_column, self.label_column, self.channels = image_column, label_column, channels
         self.seed, self.epoch, self.train = seed, 0, train
-        self.augment = train and augmentation == "crop_flip"
+        self.mode = augmentation
+        self.augment = train and augmentation in ("crop_flip", "random_resized_crop")
         self.views = tuple(views) if train else ()
+        self.image_size, self.crop_pct = image_size, crop_pct
+        self.auto_augment = _rand_augment(auto_augment, mean) if (auto_augment and train) else None
         self.resize = v2.Resize((image_size, image_size), antialias=True)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
@@ -434,15 +571,45 @@ class ImageTransform:
             "mean": [round(float(m), 6) for m in self.normalize.transforms[1].mean],
             "std": [round(float(v), 6) for v in self.normalize.transforms[1].std],
             "augmentation": self.augment,
+            **(
+                {"pipeline": self.mode, "crop_pct": self.crop_pct, "auto_augment": repr(self.auto_augment)}
+                if self.photo
+                else {}
+            ),
             "views": list(self.views),
             "seed": self.seed,
         }
+
+    def _photo(self, image, generator: Optional[torch.Generator]) -> torch.Tensor:
+        """timm's pipeline, drawn from the sample's own generator: RandomResizedCrop (+ RandAugment) + flip in
+        training; resize to size / crop_pct and a centre crop in evaluation (the aspect ratio is kept)."""
+        from torchvision.transforms.v2 import functional as TF
+
+        s = self.image_size
+        if generator is None:
+            x = image_to_tensor(image, self.channels)
+            x = TF.resize(x, int(s / self.crop_pct), antialias=True)  # the shorter side
+            return TF.center_crop(x, [s, s])
+        if self.auto_augment is not None:  # timm draws from Python's and NumPy's RNGs: seeded here, then restored
+            image = _with_seeded_rngs(generator, lambda: self.auto_augment(_as_pil(image, self.channels)))
+        x = image_to_tensor(image, self.channels)
+        i, j, h, w = random_resized_crop_params(*x.shape[-2:], generator)
+        x = TF.resized_crop(x, i, j, h, w, [s, s], antialias=True)
+        return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
 
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])
         pixels, views = [], {v: [] for v in self.views}
         generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
+            if self.photo:
+                if self.augment:
+                    if index is None:
+                        generator.seed()
+                    else:
+                        generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2**63)
+                pixels.append(self.normalize(self._photo(image, generator if self.augment else None)))
+                continue
             x = self.resize(image_to_tensor(image, self.channels))
             if self.augment or self.views:
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
@@ -451,7 +618,7 @@ class ImageTransform:
                     generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2**63)
                 for view in self.views:
                     views[view].append(self.normalize(VIEWS[view](x, generator)))
-                if self.augment:
+                if self.augment:  # crop_flip
                     x = crop_flip(x, generator)
             pixels.append(self.normalize(x))
         out = {"pixel_values": pixels, "labels": batch[self.label_column]}
@@ -481,7 +648,13 @@ class PreparedData:
 
 
 def prepare_datasets(
-    args: DataArguments, channels: Optional[int], image_size: int, mean=None, std=None, views: Sequence[str] = ()
+    args: DataArguments,
+    channels: Optional[int],
+    image_size: int,
+    mean=None,
+    std=None,
+    views: Sequence[str] = (),
+    crop_pct: Optional[float] = None,
 ) -> PreparedData:
     """Load, split, truncate and attach transforms. ``channels=None``: the images' own (RGBA -> RGB).
     ``views``: extra augmented training views the method reads (``Distiller.views``).
@@ -490,6 +663,7 @@ def prepare_datasets(
     ds = load_image_dataset(args.dataset_name, args.dataset_config_name, args.split_seed)
     if args.train_split not in ds:
         raise ValueError(f"no split {args.train_split!r} in {args.dataset_name!r}; splits: {list(ds)}")
+    ds = encode_label_column(ds, args.train_split, args.label_column_name)
     train = ds[args.train_split]
     eval_split = args.eval_split or next((s for s in ("validation", "test") if s in ds), None)
     test = None
@@ -547,13 +721,43 @@ def prepare_datasets(
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
     names = train.features[label_column].names
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
+    augmentation = resolve_augmentation(args.augmentation, image_size)
+    crop_pct = float(crop_pct or DEFAULT_CROP_PCT)
     train.set_transform(
         ImageTransform(
-            image_column, label_column, channels, image_size, mean, std, True, args.augmentation, args.split_seed, views
+            image_column,
+            label_column,
+            channels,
+            image_size,
+            mean,
+            std,
+            True,
+            augmentation,
+            args.split_seed,
+            views,
+            crop_pct,
+            args.auto_augment,
         )
     )
     for split_data in [evaluation] + ([test] if test is not None else []):
-        split_data.set_transform(ImageTransform(image_column, label_column, channels, image_size, mean, std, False))
+        split_data.set_transform(
+            ImageTransform(
+                image_column, label_column, channels, image_size, mean, std, False, augmentation, crop_pct=crop_pct
+            )
+        )
+    logger.info(
+        f"data: {len(train):,} training images, {augmentation} "
+        + (
+            "(RandomResizedCrop + flip"
+            + (f" + RandAugment {args.auto_augment}" if args.auto_augment else "")
+            + f"; evaluation: resize to {int(image_size / crop_pct)} + centre crop {image_size})"
+            if augmentation == "random_resized_crop"
+            else "(CIFAR: 4-pixel padded crop + flip)"
+            if augmentation == "crop_flip"
+            else "(no augmentation)"
+        )
+        + f" at {image_size}x{image_size}, {channels} channel(s)"
+    )
     return PreparedData(
         train,
         evaluation,

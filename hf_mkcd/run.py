@@ -296,7 +296,13 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         cfg = getattr(teacher, "pretrained_cfg", None) or {}
         image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
         data = prepare_datasets(
-            data_args, first_conv_in_channels(teacher), image_size, cfg.get("mean"), cfg.get("std"), views=method.views
+            data_args,
+            first_conv_in_channels(teacher),
+            image_size,
+            cfg.get("mean"),
+            cfg.get("std"),
+            views=method.views,
+            crop_pct=cfg.get("crop_pct"),
         )
         check_num_classes(
             **{
@@ -318,7 +324,8 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
         image_size = data_args.image_size or input_size[-1]
-        data = prepare_datasets(data_args, None, image_size, views=method.views)  # channels: the images' own
+        crop_pct = get_pretrained_cfg_value(model_args.model_name_or_path, "crop_pct")
+        data = prepare_datasets(data_args, None, image_size, views=method.views, crop_pct=crop_pct)  # own channels
     student = build_student(model_args, method, teacher, data, image_size)
     trainer = DistillationTrainer(
         model=student,

@@ -213,3 +213,94 @@ def test_fashion_mnist_from_debian():
     assert (len(ds["train"]), len(ds["test"])) == (60000, 10000)
     assert ds["train"].features["label"].names[9] == "Ankle boot"
     assert np.array(ds["test"][0]["image"]).shape == (28, 28)
+
+
+@pytest.mark.parametrize("kind", ["string", "int"])
+def test_plain_label_columns_are_encoded_the_same_in_every_split(tmp_path, kind):
+    """A ``label`` column of strings (or plain integers) failed with "cannot tell the label column", then "is
+    Value('string'), not a ClassLabel". Strings are numbered in sorted order, integers keep their ids; one
+    mapping for every split, so the same class has the same id in training and evaluation."""
+    from datasets import Value
+
+    from hf_mkcd.data import load_digits_dataset
+
+    words = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
+    ds = load_digits_dataset(0)
+    ds = ds.cast_column("label", Value("int64"))
+    if kind == "string":
+        ds = ds.map(lambda e: {"label": words[e["label"]]}).cast_column("label", Value("string"))
+    ds.save_to_disk(str(tmp_path / "plain"))
+    data = prepare_datasets(DataArguments(dataset_name=str(tmp_path / "plain"), augmentation="none"), 1, 8)
+    names = sorted(words) if kind == "string" else [str(i) for i in range(10)]
+    assert list(data.id2label.values()) == names
+    for split, raw in ((data.train, ds["train"]), (data.eval, ds["test"])):
+        for i in (0, 7):
+            want = names.index(raw[i]["label"]) if kind == "string" else raw[i]["label"]
+            assert split[i]["labels"] == want
+    run_out = tmp_path / "run"
+    from hf_mkcd.run import ModelArguments, run
+    from hf_mkcd.trainer import DistillationTrainingArguments
+
+    results = run(
+        ModelArguments(model_name_or_path="cifar_resnet20"),
+        DataArguments(dataset_name=str(tmp_path / "plain"), image_size=8, max_eval_samples=32),
+        DistillationTrainingArguments(
+            output_dir=str(run_out),
+            method="none",
+            max_steps=2,
+            use_cpu=True,
+            report_to="none",
+            save_strategy="no",
+            eval_strategy="no",
+            dataloader_num_workers=0,
+            disable_tqdm=True,
+        ),
+    )
+    assert "eval_top1" in results
+
+
+def _photo(w, h, seed=0):
+    rng = np.random.default_rng(seed)
+    return PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+
+
+def test_photos_get_timms_pipeline_as_a_pure_function_of_seed_epoch_and_index():
+    """Inputs from 96x96 up are photos: RandomResizedCrop + flip drawn from the sample's own generator (resume stays
+    bit-exact), evaluation resizes the shorter side to size / crop_pct and centre-crops (the aspect ratio kept);
+    CIFAR-sized inputs keep crop + flip."""
+    import random
+
+    from torchvision.transforms.v2 import functional as TF
+
+    from hf_mkcd.data import ImageTransform, resolve_augmentation
+
+    assert resolve_augmentation("auto", 32) == "crop_flip" and resolve_augmentation("auto", 96) == "random_resized_crop"
+    images = [_photo(200, 120, 0), _photo(90, 160, 1)]
+    train = ImageTransform(
+        "image", "label", 3, 96, (0.5,) * 3, (0.25,) * 3, True, "auto", seed=3, auto_augment="rand-m9-mstd0.5"
+    )
+    batch = {"image": images, "label": [0, 1], "__index__": [5, 6]}
+    state = random.getstate()
+    first = train(dict(batch))["pixel_values"]
+    assert random.getstate() == state  # RandAugment's Python RNG was seeded per sample and restored
+    again = train(dict(batch))["pixel_values"]
+    assert all(torch.equal(a, b) and a.shape == (3, 96, 96) for a, b in zip(first, again))
+    train.set_epoch(1)
+    assert not torch.equal(train(dict(batch))["pixel_values"][0], first[0])  # re-drawn each epoch
+    evaluation = ImageTransform("image", "label", 3, 96, (0.5,) * 3, (0.25,) * 3, False, "auto", crop_pct=0.875)
+    got = evaluation({"image": images[:1], "label": [0]})["pixel_values"][0]
+    x = TF.pil_to_tensor(images[0])
+    want = TF.center_crop(TF.resize(x, 109, antialias=True), [96, 96])  # shorter side 120 -> 109 = 96 / 0.875
+    torch.testing.assert_close(got, (want.float() / 255 - 0.5) / 0.25)
+
+
+def test_normalisation_is_measured_over_photos_of_different_sizes():
+    """Photos differ in size (stacking them failed): the statistics are those of all their pixels together."""
+    from hf_mkcd.data import measure_stats
+
+    images = [_photo(200, 120, 0), _photo(90, 160, 1)]
+    ds = Dataset.from_dict({"image": images}, features=Features({"image": Image()}))
+    mean, std = measure_stats(ds, "image", 3)
+    pixels = torch.cat([torch.from_numpy(np.asarray(im)).reshape(-1, 3).double() / 255 for im in images])
+    torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(0))
+    torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), pixels.std(0))

@@ -104,3 +104,64 @@ def test_python_blocks_run(index, offline_stand_ins):
         env={**os.environ, "PYTHONPATH": ROOT},
     )
     assert run.returncode == 0, run.stderr[-3000:]
+
+
+def test_the_photos_walkthrough_runs_on_a_folder_of_jpegs(tmp_path):
+    """The "Your own teacher and photos" command, as written, on stand-ins: a folder of JPEG photos of mixed sizes
+    and aspect ratios, and a tiny ViTForImageClassification saved with save_pretrained whose id2label names the
+    folders. Its weights are random, so the pre-flight would (rightly) stop the run: the test says so with
+    --skip_teacher_check, and trains 2 steps."""
+    import numpy as np
+    import torch
+    from PIL import Image
+    from transformers import ViTConfig, ViTForImageClassification
+
+    (command,) = [c for c in commands() if "my_photos" in c]
+    classes = ["cat", "dog", "fox"]
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 8), ("test", 3)):
+        for c in classes:
+            os.makedirs(tmp_path / "my_photos" / split / c)
+            for i in range(n):
+                w, h = (int(v) for v in rng.integers(80, 200, 2))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                    tmp_path / "my_photos" / split / c / f"{i}.jpg", quality=90
+                )
+    torch.manual_seed(0)
+    labels = dict(enumerate(classes))
+    ViTForImageClassification(
+        ViTConfig(
+            image_size=96,
+            patch_size=16,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            num_labels=3,
+            id2label=labels,
+            label2id={v: k for k, v in labels.items()},
+        )
+    ).save_pretrained(tmp_path / "my_vit_teacher")
+    words = shlex.split(command) + [
+        "--max_steps",
+        "2",
+        "--skip_teacher_check",
+        "true",
+        "--save_strategy",
+        "no",
+        "--eval_strategy",
+        "no",
+        "--report_to",
+        "none",
+        "--disable_tqdm",
+        "true",
+        "--dataloader_num_workers",
+        "0",
+    ]
+    words = [os.path.join(ROOT, w) if w.startswith(("scripts/", "accelerate_configs/")) else w for w in words]
+    words[0] = os.path.join(os.path.dirname(sys.executable), "accelerate")  # this environment's launcher
+    run = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "random_resized_crop (RandomResizedCrop + flip; evaluation: resize to 109 + centre crop 96)" in run.stderr
+    card = (tmp_path / "students" / "photos-kd" / "README.md").read_text()
+    assert "ViTForImageClassification" in card and "the 'test' split, 9 images" in card
