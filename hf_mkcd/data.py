@@ -586,16 +586,17 @@ class ImageTransform:
         from torchvision.transforms.v2 import functional as TF
 
         s = self.image_size
+        img = _as_pil(image, self.channels)  # PIL's resampling, as timm's and torchvision's photo transforms use
         if generator is None:
-            x = image_to_tensor(image, self.channels)
-            x = TF.resize(x, int(s / self.crop_pct), antialias=True)  # the shorter side
-            return TF.center_crop(x, [s, s])
+            img = TF.center_crop(TF.resize(img, int(s / self.crop_pct)), [s, s])  # the shorter side, then the centre
+            return image_to_tensor(img, self.channels)
         if self.auto_augment is not None:  # timm draws from Python's and NumPy's RNGs: seeded here, then restored
-            image = _with_seeded_rngs(generator, lambda: self.auto_augment(_as_pil(image, self.channels)))
-        x = image_to_tensor(image, self.channels)
-        i, j, h, w = random_resized_crop_params(*x.shape[-2:], generator)
-        x = TF.resized_crop(x, i, j, h, w, [s, s], antialias=True)
-        return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
+            img = _with_seeded_rngs(generator, lambda: self.auto_augment(img))
+        i, j, h, w = random_resized_crop_params(img.height, img.width, generator)
+        img = img.resize((s, s), PILImage.BILINEAR, box=(j, i, j + w, i + h))  # crop and resize in one pass
+        if torch.rand(1, generator=generator).item() < 0.5:
+            img = img.transpose(PILImage.FLIP_LEFT_RIGHT)
+        return image_to_tensor(img, self.channels)
 
     def __call__(self, batch):
         indices = batch.get(INDEX_COLUMN) or [None] * len(batch[self.image_column])

@@ -202,8 +202,10 @@ def _pretrained_cfg(model: nn.Module, processor) -> dict:
         cfg["mean"], cfg["std"] = tuple(processor.image_mean), tuple(processor.image_std)
     if processor is not None:  # the share of the resized image its evaluation keeps (timm's crop_pct)
         crop, resize = getattr(processor, "crop_size", None) or {}, getattr(processor, "size", None) or {}
-        cfg["crop_pct"] = float(getattr(processor, "crop_pct", None) or (
-            crop["height"] / resize["shortest_edge"] if crop.get("height") and resize.get("shortest_edge") else 1.0))
+        cfg["crop_pct"] = float(
+            getattr(processor, "crop_pct", None)
+            or (crop["height"] / resize["shortest_edge"] if crop.get("height") and resize.get("shortest_edge") else 1.0)
+        )
     id2label = getattr(config, "id2label", None) or {}
     if id2label:
         cfg["label_names"] = [id2label[i] for i in sorted(id2label, key=int)]

@@ -357,6 +357,44 @@ def end_to_end(a, sync, tmp) -> dict:
     return out
 
 
+def jpeg_pipeline(images: int, size: int, tmp: str, seed: int = 0) -> dict:
+    """The photo pipeline one DataLoader worker runs: JPEG decode + RandomResizedCrop + flip + normalise at ``size``
+    (hf_mkcd.data.ImageTransform, training mode), on JPEGs of ImageNet's typical 500x375, in this one process."""
+    from datasets import Dataset, Features, Image, Value
+    from PIL import Image as PILImage
+
+    from hf_mkcd.data import ImageTransform
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, (375, 500, 3), dtype=np.uint8)
+    paths = []
+    for i in range(images):  # smooth-ish content so the JPEGs compress as photos do (~60-120 kB)
+        path = os.path.join(tmp, f"{i}.JPEG")
+        PILImage.fromarray(np.roll(base, i, axis=1)).resize((500, 375)).save(path, quality=90)
+        paths.append(path)
+    ds = Dataset.from_dict(
+        {"image": paths, "label": [0] * images}, features=Features({"image": Image(), "label": Value("int64")})
+    )
+    transform = ImageTransform(
+        "image", "label", 3, size, (0.485, 0.456, 0.406), (0.229, 0.224, 0.225), True, "random_resized_crop"
+    )
+    ds = ds.add_column("__index__", list(range(images)))
+    ds.set_transform(transform)
+    ds[:8]  # warm-up
+    start = time.perf_counter()
+    for i in range(0, images, 64):  # as a DataLoader worker fetches: a batch of indices at a time
+        ds[list(range(i, min(images, i + 64)))]
+    seconds = time.perf_counter() - start
+    return {
+        "images": images,
+        "size": size,
+        "source": "500x375 JPEG, quality 90",
+        "threads": torch.get_num_threads(),
+        "images_per_s": images / seconds,
+        "ms_per_image": 1000 * seconds / images,
+    }
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--teacher", default="cifar_resnet32x4")
@@ -370,6 +408,15 @@ def main(argv=None):
     p.add_argument("--methods", nargs="+", default=[m for m in list_distillers() if m != "none"])
     p.add_argument("--e2e_samples", type=int, default=1024, help="images in the end-to-end part (0 skips it)")
     p.add_argument("--workers", type=int, default=0, help="DataLoader workers in the end-to-end part")
+    p.add_argument(
+        "--jpeg_images",
+        type=int,
+        default=256,
+        help="JPEGs through the photo pipeline at 224 (part 3: images/s per DataLoader worker; 0 skips it)",
+    )
+    p.add_argument(
+        "--jpeg_only", action="store_true", help="run part 3 alone (writes results/speed_jpeg_<device>.json)"
+    )
     p.add_argument("--build_cache_first", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--output", default=None, help="default: results/speed_<cpu|cuda>.json")
     p.add_argument("--readme", action="store_true", help="regenerate the README's Speed section afterwards")
@@ -379,6 +426,27 @@ def main(argv=None):
     import hf_mkcd  # noqa: F401
 
     a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if a.jpeg_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            part3 = jpeg_pipeline(a.jpeg_images or 256, 224, tmp)
+        print(
+            f"photo pipeline at 224: {part3['images_per_s']:.0f} images/s per worker ({part3['ms_per_image']:.1f} ms)"
+        )
+        path = a.output or os.path.join(ROOT, "results", f"speed_jpeg_{a.device}.json")
+        with open(path, "w") as f:
+            json.dump(
+                {
+                    "device": device_name(a.device),
+                    "torch": torch.__version__,
+                    "date": datetime.date.today().isoformat(),
+                    "command": " ".join(["python scripts/benchmark_speed.py", *(argv or sys.argv[1:])]),
+                    "jpeg_pipeline": part3,
+                },
+                f,
+                indent=2,
+            )
+        print(f"wrote {path}")
+        return 0
     sync = torch.cuda.synchronize if a.device == "cuda" else (lambda: None)
     torch.manual_seed(0)
     teacher = timm.create_model(a.teacher, num_classes=a.classes).to(a.device).eval()
@@ -386,6 +454,7 @@ def main(argv=None):
     with tempfile.TemporaryDirectory() as tmp:
         part1 = per_method(a, teacher, sync, tmp)
         part2 = end_to_end(a, sync, tmp) if a.e2e_samples else {}
+        part3 = jpeg_pipeline(a.jpeg_images, 224, tmp) if a.jpeg_images else {}
     malloc_env = {k: os.environ[k] for k in MALLOC_ENV if k in os.environ}
     command = " ".join(
         [*(f"{k}={v}" for k, v in malloc_env.items()), "python scripts/benchmark_speed.py", *(argv or sys.argv[1:])]
@@ -400,6 +469,7 @@ def main(argv=None):
         "settings": {k: v for k, v in vars(a).items() if k not in ("readme", "output", "build_cache_first")},
         "per_method": part1,
         "end_to_end": part2,
+        "jpeg_pipeline": part3,
     }
     path = a.output or os.path.join(ROOT, "results", f"speed_{a.device}.json")
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)

@@ -11,6 +11,7 @@ a renderer below that reads one results file:
 * ``projector_cost``  results/projector_cost.json (scripts/projector_cost.py)
 * ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
 * ``hyperparameters`` each method's class (docs/methods.md)
+* ``jpeg_pipeline``   results/speed_jpeg_cpu.json (scripts/benchmark_speed.py --jpeg_only)
 """
 
 import argparse
@@ -149,6 +150,18 @@ def accuracy(suite: str) -> str:
     return benchmark_accuracy.markdown_summary(_load(f"results/accuracy/{suite}/summary.json"))
 
 
+def jpeg_pipeline() -> str:
+    r = _load("results/speed_jpeg_cpu.json")
+    j = r["jpeg_pipeline"]
+    return (
+        f"**{r['device']}** (`{r['command']}`, {r['date']}): the photo pipeline one DataLoader worker runs "
+        f"(JPEG decode, RandomResizedCrop + flip, normalisation) at {j['size']}x{j['size']} on {j['images']} images "
+        f"({j['source']}) delivers **{j['images_per_s']:.0f} images/s** ({j['ms_per_image']:.1f} ms each). A GPU that "
+        f"trains N images/s needs about N / {j['images_per_s']:.0f} workers (`--dataloader_num_workers`), and a CPU core for each: the "
+        "run plan's first-steps timing gives N (batch / seconds per step).\n"
+    )
+
+
 def hyperparameters() -> str:
     """Each method's hyper-parameters and defaults, read from its class (``hf_mkcd.distillers``)."""
     sys.path.insert(0, ROOT)
@@ -163,6 +176,7 @@ def hyperparameters() -> str:
 
 
 RENDERERS = {
+    "jpeg_pipeline": jpeg_pipeline,
     "quickstart": quickstart,
     "speed": speed,
     "projector_cost": projector_cost,

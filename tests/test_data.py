@@ -289,8 +289,7 @@ def test_photos_get_timms_pipeline_as_a_pure_function_of_seed_epoch_and_index():
     assert not torch.equal(train(dict(batch))["pixel_values"][0], first[0])  # re-drawn each epoch
     evaluation = ImageTransform("image", "label", 3, 96, (0.5,) * 3, (0.25,) * 3, False, "auto", crop_pct=0.875)
     got = evaluation({"image": images[:1], "label": [0]})["pixel_values"][0]
-    x = TF.pil_to_tensor(images[0])
-    want = TF.center_crop(TF.resize(x, 109, antialias=True), [96, 96])  # shorter side 120 -> 109 = 96 / 0.875
+    want = TF.pil_to_tensor(TF.center_crop(TF.resize(images[0], 109), [96, 96]))  # shorter side 120 -> 109 = 96/0.875
     torch.testing.assert_close(got, (want.float() / 255 - 0.5) / 0.25)
 
 

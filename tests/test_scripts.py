@@ -6,6 +6,7 @@ import math
 import os
 import sys
 
+import numpy as np
 import pytest
 import torch
 import yaml
@@ -384,3 +385,86 @@ def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path
     assert r["malloc_env"] == {"MALLOC_TRIM_THRESHOLD_": "1000000"} and r["command"].startswith(
         "MALLOC_TRIM_THRESHOLD_=1000000 python"
     )
+
+
+@pytest.fixture(scope="module")
+def imagenet_schema(tmp_path_factory):
+    """A local copy of ILSVRC/imagenet-1k's schema: JPEG images of ImageNet-like sizes, a ClassLabel of 1,000
+    names, train and validation splits; and a local timm ResNet34 in timm's Hub layout standing in for the
+    teacher's Hub id (random weights)."""
+    import timm
+    from datasets import ClassLabel, Dataset, DatasetDict, Features, Image
+    from PIL import Image as PILImage
+    from timm.models import save_for_hf
+
+    root = tmp_path_factory.mktemp("imagenet")
+    rng = np.random.default_rng(0)
+    names = [f"n{i:08d}" for i in range(1000)]
+    splits = {}
+    for split, n in (("train", 8), ("validation", 4)):
+        rows = []
+        for i in range(n):
+            w, h = (int(v) for v in rng.integers(180, 320, 2))
+            path = root / f"{split}_{i}.JPEG"
+            PILImage.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, format="JPEG")
+            rows.append({"image": {"path": str(path), "bytes": path.read_bytes()}, "label": int(rng.integers(1000))})
+        splits[split] = Dataset.from_list(rows, features=Features({"image": Image(), "label": ClassLabel(names=names)}))
+    DatasetDict(splits).save_to_disk(str(root / "imagenet-1k"))
+    torch.manual_seed(0)
+    save_for_hf(timm.create_model("resnet34", num_classes=1000), str(root / "resnet34.tv_in1k"))
+    return root
+
+
+@pytest.mark.parametrize("method", ["kd", "mkcd"])
+def test_imagenet_recipes_start_on_a_local_copy_of_the_schema(imagenet_schema, tmp_path, method):
+    """recipes/imagenet/resnet34_resnet18_*.yaml as committed, with only the Hub ids swapped for local copies and the
+    length cut to one step on the CPU: photos go through the timm pipeline at 224, the teacher is read in timm's
+    Hub layout, the student has 1,000 classes."""
+    recipe = os.path.join(ROOT, "recipes", "imagenet", f"resnet34_resnet18_{method}.yaml")
+    out = tmp_path / "run"
+    results = distill.main(
+        [
+            recipe,
+            "--dataset_name",
+            str(imagenet_schema / "imagenet-1k"),
+            "--teacher_model_name_or_path",
+            str(imagenet_schema / "resnet34.tv_in1k"),
+            "--output_dir",
+            str(out),
+            "--max_steps",
+            "1",
+            "--per_device_train_batch_size",
+            "4",
+            "--use_cpu",
+            "true",
+            "--bf16",
+            "false",
+            "--dataloader_num_workers",
+            "0",
+            "--eval_strategy",
+            "no",
+            "--save_strategy",
+            "no",
+            "--report_to",
+            "none",
+            "--skip_teacher_check",
+            "true",
+        ]
+    )  # random weights stand in for torchvision's
+    assert "eval_top1" in results
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == 1000 and config["image_size"] == 224
+    assert json.loads((out / "distillation_info.json").read_text())["eval_set"] == "the 'validation' split, 4 images"
+
+
+def test_the_imagenet_suite_lists_a_recipe_for_every_cell():
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark_accuracy
+
+    suite = yaml.safe_load(open(os.path.join(ROOT, "suites", "imagenet_standard.yaml")))
+    cells = benchmark_accuracy.expand_cells(suite)
+    assert len(cells) == 2 * 13
+    for cell in cells:
+        assert os.path.isfile(os.path.join(ROOT, cell["recipe"])), cell["recipe"]
+    published = yaml.safe_load(open(os.path.join(ROOT, suite["published"])))
+    assert set(published) == {c["pair"] for c in cells}
