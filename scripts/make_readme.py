@@ -157,8 +157,8 @@ def jpeg_pipeline() -> str:
         f"**{r['device']}** (`{r['command']}`, {r['date']}): the photo pipeline one DataLoader worker runs "
         f"(JPEG decode, RandomResizedCrop + flip, normalisation) at {j['size']}x{j['size']} on {j['images']} images "
         f"({j['source']}) delivers **{j['images_per_s']:.0f} images/s** ({j['ms_per_image']:.1f} ms each). A GPU that "
-        f"trains N images/s needs about N / {j['images_per_s']:.0f} workers (`--dataloader_num_workers`), and a CPU core for each: the "
-        "run plan's first-steps timing gives N (batch / seconds per step).\n"
+        f"trains N images/s needs about N / {j['images_per_s']:.0f} workers (`--dataloader_num_workers`), and a CPU "
+        "core for each: the run plan's first-steps timing gives N (batch / seconds per step).\n"
     )
 
 
