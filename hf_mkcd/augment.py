@@ -30,13 +30,50 @@ def _uniform(generator: torch.Generator, low: float = 0.0, high: float = 1.0) ->
     return low + (high - low) * float(torch.rand(1, generator=generator))
 
 
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one sample's augmentation in one epoch: augmentation is a pure function of (seed, epoch, index)."""
+    return ((seed * 1_000_003 + epoch) * 10_000_019 + int(index)) % 2**63
+
+
+def crop_flip_draws(
+    seed: int, epoch: int, indices, padding: int = 4
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(top, left, flip) of each sample of a batch, drawn exactly as the per-sample pipeline draws them (three
+    numbers per sample on the CPU; the pixels can then move on the device with :func:`crop_flip_batch`)."""
+    generator = torch.Generator()
+    draws = []
+    for index in indices:
+        generator.manual_seed(sample_seed(seed, epoch, int(index)))
+        draws.append(crop_flip_draw(generator, padding))
+    top, left, flip = zip(*draws) if draws else ((), (), ())
+    return torch.tensor(top), torch.tensor(left), torch.tensor(flip, dtype=torch.bool)
+
+
+def crop_flip_draw(generator: torch.Generator, padding: int = 4) -> Tuple[int, int, bool]:
+    """The random numbers of one crop + flip: (top, left) offsets into the padded image, and whether to flip."""
+    i, j = torch.randint(0, 2 * padding + 1, (2,), generator=generator).tolist()
+    return i, j, torch.rand(1, generator=generator).item() < 0.5
+
+
 def crop_flip(x: torch.Tensor, generator: torch.Generator, padding: int = 4) -> torch.Tensor:
     """RandomCrop(size, padding, fill 0) + RandomHorizontalFlip(0.5) of a uint8 (C, H, W) tensor."""
     p, (h, w) = padding, x.shape[-2:]
-    x = torch.nn.functional.pad(x, (p, p, p, p))
-    i, j = torch.randint(0, 2 * p + 1, (2,), generator=generator).tolist()
-    x = x[:, i : i + h, j : j + w]
-    return x.flip(-1) if torch.rand(1, generator=generator).item() < 0.5 else x
+    i, j, flip = crop_flip_draw(generator, padding)
+    x = torch.nn.functional.pad(x, (p, p, p, p))[:, i : i + h, j : j + w]
+    return x.flip(-1) if flip else x
+
+
+def crop_flip_batch(x: torch.Tensor, top: torch.Tensor, left: torch.Tensor, flip: torch.Tensor, padding: int = 4):
+    """:func:`crop_flip` of a whole (B, C, H, W) batch in one gather, on whatever device holds it (the images of a
+    dataset kept in GPU memory): the same pixels as the per-sample function given the same draws."""
+    b, c, h, w = x.shape
+    padded = torch.nn.functional.pad(x, (padding, padding, padding, padding))
+    rows = top.view(b, 1) + torch.arange(h, device=x.device)
+    cols = left.view(b, 1) + torch.arange(w, device=x.device)
+    cols = torch.where(flip.view(b, 1), cols.flip(1), cols)
+    batch = torch.arange(b, device=x.device).view(b, 1, 1, 1)
+    channel = torch.arange(c, device=x.device).view(1, c, 1, 1)
+    return padded[batch, channel, rows.view(b, 1, h, 1), cols.view(b, 1, 1, w)]
 
 
 def _affine(img, coefficients):

@@ -27,7 +27,7 @@ import torch
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dataset, load_from_disk
 from PIL import Image as PILImage
 
-from .augment import VIEWS, crop_flip
+from .augment import VIEWS, crop_flip, sample_seed
 
 logger = logging.getLogger("hf_mkcd")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -608,7 +608,7 @@ class ImageTransform:
                     if index is None:
                         generator.seed()
                     else:
-                        generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2**63)
+                        generator.manual_seed(sample_seed(self.seed, self.epoch, index))
                 pixels.append(self.normalize(self._photo(image, generator if self.augment else None)))
                 continue
             x = self.resize(image_to_tensor(image, self.channels))
@@ -616,7 +616,7 @@ class ImageTransform:
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
                     generator.seed()
                 else:
-                    generator.manual_seed(((self.seed * 1_000_003 + self.epoch) * 10_000_019 + int(index)) % 2**63)
+                    generator.manual_seed(sample_seed(self.seed, self.epoch, index))
                 for view in self.views:
                     views[view].append(self.normalize(VIEWS[view](x, generator)))
                 if self.augment:  # crop_flip

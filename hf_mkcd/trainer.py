@@ -168,6 +168,13 @@ class DistillationTrainingArguments(TrainingArguments):
     dataloader_pin_memory: bool = field(
         default=torch.cuda.is_available(), metadata={"help": "Pin memory (only useful with a GPU)."}
     )
+    logging_nan_inf_filter: bool = field(
+        default=False,
+        metadata={
+            "help": "transformers' filter of non-finite logged losses; off: it reads the loss on the host every step, "
+            "and hf_mkcd stops a run whose loss is not finite anyway."
+        },
+    )
     overwrite_output_dir: bool = field(
         default=False,
         metadata={
@@ -371,6 +378,7 @@ class DistillationTrainer(Trainer):
         self._terms_count = 0
         self._last_temperature = None
         self._frozen = ()
+        self._finite = None  # the device-side record of the first non-finite loss (_watch_finite)
         self._drop_last_train = False
         n_train = len(train_dataset) if hasattr(train_dataset, "__len__") else None
         self.plan_notes: List[str] = []  # said with the run plan, at the start of training
@@ -507,18 +515,48 @@ class DistillationTrainer(Trainer):
             batch={k: inputs[k] for k in distiller.batch_needs},
         )
         loss, terms = out["loss"], out["terms"]
-        if not torch.isfinite(loss.detach()).all():
-            shown = {k: float(v.detach()) for k, v in terms.items()}
-            raise FloatingPointError(
-                f"non-finite loss at step {self.state.global_step} (epoch {self.state.epoch}): loss terms {shown}, "
-                f"temperature {_as_float(out['temperature'])}. Lower the learning rate or the loss weights, or check "
-                "the inputs."
-            )
+        self._watch_finite(loss, terms, out["temperature"])
         for k, v in terms.items():
             self._terms[k] = self._terms.get(k, 0.0) + v.detach().float()
         self._terms_count += 1
         self._last_temperature = out["temperature"]
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
+
+    def _watch_finite(self, loss, terms, temperature) -> None:
+        """Remember, on the device, the first step whose loss is not finite, with its terms and temperature: no
+        host synchronisation in a step (a GPU step is not stalled). :meth:`_raise_if_nonfinite` reads it at every
+        log, before every checkpoint and at the end, so a diverged run still stops and saves nothing diverged."""
+        device = loss.device
+        if self._finite is None or self._finite["step"].device != device:
+            self._finite = {
+                "step": torch.tensor(self.state.global_step, device=device),  # one copy, at the start
+                "bad_step": torch.tensor(-1, device=device),
+                "terms": {},
+            }
+        f = self._finite
+        first = ~torch.isfinite(loss.detach()) & (f["bad_step"] < 0)
+        f["bad_step"] = torch.where(first, f["step"], f["bad_step"])
+        values = dict(terms)
+        if torch.is_tensor(temperature):
+            values["temperature"] = temperature
+        for k, v in values.items():
+            seen = f["terms"].get(k)
+            v = v.detach().float().reshape(())
+            f["terms"][k] = v.clone() if seen is None else torch.where(first, v, seen)
+        f["python_temperature"] = None if torch.is_tensor(temperature) else temperature
+        f["step"] += 1
+
+    def _raise_if_nonfinite(self) -> None:
+        f = self._finite
+        if f is None or int(f["bad_step"]) < 0:  # the one read of the device flag: at logging cadence
+            return
+        terms = {k: float(v) for k, v in f["terms"].items()}
+        temperature = terms.pop("temperature", f.get("python_temperature"))
+        raise FloatingPointError(
+            f"non-finite loss at step {int(f['bad_step'])}: loss terms {terms}, temperature {temperature}. Lower the "
+            "learning rate or the loss weights, or check the inputs. Its last complete checkpoint is kept; the final "
+            "model is not written."
+        )
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         """Trainer's step plus the method's stage structure: a fresh optimizer state when the stage changes,
@@ -549,6 +587,7 @@ class DistillationTrainer(Trainer):
         return tuple(modules[n] for n in names)
 
     def log(self, logs: Dict[str, float], start_time: Optional[float] = None) -> None:
+        self._raise_if_nonfinite()
         if "loss" in logs and self._terms_count:
             for k, v in sorted(self._terms.items()):
                 logs[k] = round(float(self.accelerator.reduce(v / self._terms_count, reduction="mean")), 6)
@@ -582,6 +621,7 @@ class DistillationTrainer(Trainer):
     def _save_checkpoint(self, model, trial) -> None:
         """Trainer's checkpoint, written into a staging directory and renamed into place once complete: a run
         killed while saving leaves no half-written ``checkpoint-N`` behind."""
+        self._raise_if_nonfinite()  # a diverged model is never checkpointed
         run_dir = super()._get_output_dir(trial)
         name = f"checkpoint-{self.state.global_step}"
         staging = os.path.join(run_dir, f"{STAGING_PREFIX}{name}")

@@ -3,6 +3,7 @@
     python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml         # run (or finish) every cell, then summarise
     python scripts/benchmark_accuracy.py suites/mkcd_ablation.yaml --cells mkcd_f4 mkcd_r1 --seeds 0
     python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --summarize  # tables and plots from finished cells
+    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --parallel 4   # 4 cells at once sharing the device
 
 A suite (YAML) names the data, one teacher (trained once and shared, or loaded), the student, the training
 budget every cell gets, the seeds, and the cells: a method and any flags of scripts/distill.py. Each
@@ -227,7 +228,21 @@ def projector_params(output_dir: str):
         return None
 
 
-def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, log=print) -> None:
+def _run_cell_in_process(flags: dict, threads: int) -> dict:
+    """One cell in a worker process of ``--parallel``: its own torch threads, errors returned, not raised."""
+    import torch
+
+    from hf_mkcd.run import setup_logging
+
+    torch.set_num_threads(threads)
+    setup_logging(False)
+    try:
+        return run_cell(flags)
+    except Exception as err:  # noqa: BLE001 -- recorded by the parent like an in-process failure
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, log=print, parallel: int = 1) -> None:
     from tqdm.auto import tqdm
 
     teacher_flags, teacher_record = ensure_teacher(suite, work_dir, log)
@@ -237,16 +252,14 @@ def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, 
     todo = [
         (c, s) for c in expand_cells(suite) for s in (seeds or suite["seeds"]) if cells is None or c["name"] in cells
     ]
-    for cell, seed in tqdm(todo, desc=f"{suite['name']}: cells x seeds"):
-        path = os.path.join(out_dir, cell["name"].replace("/", "__"), f"seed{seed}.json")
-        if os.path.isfile(path):
-            continue  # finished before: resumable
-        flags = cell_flags(suite, cell, seed, teacher_flags, work_dir)
-        try:
-            result = run_cell(flags)
-        except Exception as err:  # one failing cell is recorded, the others go on
-            log(f"cell {cell['name']} seed {seed} failed: {type(err).__name__}: {err}")
-            result = {"error": f"{type(err).__name__}: {err}"}
+    todo = [(c, s) for c, s in todo if not os.path.isfile(_cell_path(out_dir, c, s))]  # finished before: resumable
+    start, done = time.time(), 0
+
+    def record(cell, seed, flags, result):
+        nonlocal done
+        if "error" in result:
+            log(f"cell {cell['name']} seed {seed} failed: {result['error']}")
+            return  # a failed cell is retried next time
         result.update(
             cell=cell["name"],
             method=cell["method"],
@@ -256,9 +269,51 @@ def run_suite(suite: dict, out_dir: str, work_dir: str, cells=None, seeds=None, 
             commit=git_commit(),
             date=datetime.datetime.now().isoformat(timespec="seconds"),
         )
+        path = _cell_path(out_dir, cell, seed)
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        if "error" not in result:  # a failed cell is retried next time
-            atomic_write_json(path, result)
+        atomic_write_json(path, result)
+        done += 1
+
+    jobs = [(cell, seed, cell_flags(suite, cell, seed, teacher_flags, work_dir)) for cell, seed in todo]
+    if parallel <= 1:
+        for cell, seed, flags in tqdm(jobs, desc=f"{suite['name']}: cells x seeds"):
+            try:
+                result = run_cell(flags)
+            except Exception as err:  # one failing cell is recorded, the others go on
+                result = {"error": f"{type(err).__name__}: {err}"}
+            record(cell, seed, flags, result)
+    else:  # N cells at once, each in its own process sharing the device (and the teacher cache)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        threads = max(1, (os.cpu_count() or 1) // parallel)
+        log(f"running {len(jobs)} cells, {parallel} at a time ({threads} CPU thread(s) each)")
+        with ProcessPoolExecutor(parallel, mp_context=multiprocessing.get_context("spawn")) as pool:
+            futures = {
+                pool.submit(_run_cell_in_process, flags, threads): (cell, seed, flags) for cell, seed, flags in jobs
+            }
+            for future in tqdm(as_completed(futures), total=len(futures), desc=f"{suite['name']}: x{parallel}"):
+                record(*futures[future], future.result())
+    if done:  # the sweep's throughput, for comparing --parallel settings side by side
+        hours = (time.time() - start) / 3600
+        path = os.path.join(out_dir, "throughput.json")
+        history = json.load(open(path)) if os.path.isfile(path) else []
+        history.append(
+            {
+                "parallel": parallel,
+                "cells": done,
+                "wall_hours": hours,
+                "cells_per_hour": done / hours,
+                "date": datetime.datetime.now().isoformat(timespec="seconds"),
+                "commit": git_commit(),
+            }
+        )
+        atomic_write_json(path, history)
+        log(f"{done} cells in {hours * 60:.1f} min: {done / hours:.1f} cells per hour with --parallel {parallel}")
+
+
+def _cell_path(out_dir: str, cell: dict, seed: int) -> str:
+    return os.path.join(out_dir, cell["name"].replace("/", "__"), f"seed{seed}.json")
 
 
 # -- summarising ----------------------------------------------------------------------------------------
@@ -487,6 +542,13 @@ def main(argv=None):
     p.add_argument("--cells", nargs="+", help="run only these cells")
     p.add_argument("--seeds", nargs="+", type=int, help="run only these seeds")
     p.add_argument("--summarize", action="store_true", help="only summarise the finished cells")
+    p.add_argument(
+        "--parallel",
+        type=int,
+        default=1,
+        help="run this many cells at once, each in its own process sharing the device (throughput.json "
+        "records cells per hour, to compare settings)",
+    )
     p.add_argument("--results_dir", default=os.path.join(ROOT, "results", "accuracy"))
     p.add_argument(
         "--work_dir",
@@ -501,7 +563,7 @@ def main(argv=None):
         from hf_mkcd.run import setup_logging
 
         setup_logging(True)
-        run_suite(suite, out_dir, a.work_dir, a.cells, a.seeds)
+        run_suite(suite, out_dir, a.work_dir, a.cells, a.seeds, parallel=a.parallel)
     summary = summarize(suite, out_dir)
     print(markdown_summary(summary))
     print(f"wrote {out_dir}/summary.json, summary.md, accuracy.png, curves.png")

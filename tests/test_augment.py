@@ -101,3 +101,24 @@ def test_the_pipeline_makes_the_views_a_method_asks_for():
     assert "pixel_values_strong" not in tiny_data(n_train=16).train[0]
     with pytest.raises(ValueError, match="unknown view"):
         tiny_data(n_train=16, views=("sharp",))
+
+
+def test_the_batched_crop_flip_equals_the_per_sample_pipeline():
+    """The augmentation a GPU-resident dataset would run on the device, here on CPU tensors: one gather for the
+    batch, with the per-sample draws of (seed, epoch, index), gives exactly the pixels of the DataLoader path."""
+    from hf_mkcd.augment import crop_flip_batch, crop_flip_draws
+    from hf_mkcd.data import ImageTransform
+
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8, generator=g)
+    indices = [3, 17, 0, 42, 5, 9]
+    transform = ImageTransform("img", "label", 3, 32, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25), True, "crop_flip", seed=7)
+    transform.set_epoch(4)
+    per_sample = transform({"img": list(images.permute(0, 2, 3, 1).numpy()), "label": [0] * 6, "__index__": indices})[
+        "pixel_values"
+    ]
+    top, left, flip = crop_flip_draws(7, 4, indices)
+    batched = transform.normalize(crop_flip_batch(images, top, left, flip))
+    assert flip.any() and not flip.all()  # both branches are exercised
+    for a, b in zip(per_sample, batched):
+        assert torch.equal(a, b)

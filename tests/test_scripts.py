@@ -468,3 +468,43 @@ def test_the_imagenet_suite_lists_a_recipe_for_every_cell():
         assert os.path.isfile(os.path.join(ROOT, cell["recipe"])), cell["recipe"]
     published = yaml.safe_load(open(os.path.join(ROOT, suite["published"])))
     assert set(published) == {c["pair"] for c in cells}
+
+
+def test_a_suite_runs_cells_in_parallel_processes_and_records_throughput(tmp_path):
+    """--parallel 2: two cells at once, each in its own process; the results are the same files as one at a time,
+    and throughput.json records cells per hour for comparing settings."""
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark_accuracy
+
+    suite = {
+        "name": "parallel_fixture",
+        "seeds": [0],
+        "baseline": "none",
+        "report": "validation",
+        "data": {"dataset_name": "digits", "image_size": 8, "max_eval_samples": 32},
+        "student": {"model_name_or_path": "cifar_resnet20", "max_train_samples": 32},
+        "training": {
+            "max_steps": 2,
+            "per_device_train_batch_size": 16,
+            "use_cpu": True,
+            "eval_strategy": "no",
+            "disable_tqdm": True,
+            "dataloader_num_workers": 0,
+        },
+        "cells": [{"method": "none", "name": "none"}, {"method": "none", "name": "none_lr", "learning_rate": 0.01}],
+    }
+    path = tmp_path / "parallel_fixture.yaml"
+    path.write_text(yaml.safe_dump(suite))
+    results = tmp_path / "results"
+    assert (
+        benchmark_accuracy.main(
+            [str(path), "--results_dir", str(results), "--work_dir", str(tmp_path / "work"), "--parallel", "2"]
+        )
+        == 0
+    )
+    for cell in ("none", "none_lr"):
+        record = json.loads((results / "parallel_fixture" / cell / "seed0.json").read_text())
+        assert "eval_top1" in record["metrics"]
+        assert record["flags"].get("learning_rate") == (0.01 if cell == "none_lr" else None)
+    (run,) = json.loads((results / "parallel_fixture" / "throughput.json").read_text())
+    assert run["parallel"] == 2 and run["cells"] == 2 and run["cells_per_hour"] > 0

@@ -307,3 +307,81 @@ def test_another_scheduler_is_used_as_chosen_and_an_empty_decay_list_is_off(data
     trainer.train()
     lrs = [e["learning_rate"] for e in trainer.state.log_history if "learning_rate" in e]
     assert lrs == pytest.approx([0.1, 0.075, 0.05, 0.025])  # linear decay to 0 over 4 steps
+
+
+@pytest.mark.parametrize(
+    "method",
+    [
+        "ab",
+        "at",
+        "crd",
+        "ctkd",
+        "dist",
+        "dkd",
+        "fitnet",
+        "kd",
+        "mkcd",
+        "mlkd",
+        "ofd",
+        "reviewkd",
+        "rkd",
+        "simkd",
+        "sp",
+        "srrl",
+    ],
+)
+def test_a_training_step_reads_nothing_on_the_host(data, tmp_path, method):
+    """A GPU step must not wait for the host. After the first step (which may size or estimate something once),
+    a training step, optimizer step included, reads no tensor value on the host: no item / bool / float / int /
+    tolist; the non-finite-loss check is kept on the device and read at logging cadence. Counted on CPU tensors."""
+    from transformers import TrainerCallback
+
+    from hf_mkcd.distillers import get_distiller_class
+
+    reads, counting = [], []
+    names = ("item", "__bool__", "__float__", "__int__", "tolist", "__index__")
+    originals = {n: getattr(torch.Tensor, n) for n in names}
+
+    def counted(name):
+        def read(self, *args, **kwargs):
+            if counting:
+                import traceback
+
+                reads.append((name, traceback.format_stack(limit=6)[-2].strip()))
+            return originals[name](self, *args, **kwargs)
+
+        return read
+
+    class Window(TrainerCallback):
+        def on_step_begin(self, args, state, control, **kwargs):
+            if state.global_step >= 1:
+                counting.append(True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            counting.clear()
+
+    d = tiny_data(views=get_distiller_class(method).views) if get_distiller_class(method).views else data
+    teacher = tiny_teacher()
+    args = tiny_args(
+        tmp_path,
+        method=method,
+        max_steps=3,
+        logging_steps=100,
+        **({"distiller_kwargs": '{"init_epochs": 1}'} if method == "ab" else {}),
+    )
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, method, d),
+        teacher_model=teacher,
+        args=args,
+        train_dataset=d.train,
+        callbacks=[Window()],
+    )
+    for n in names:
+        setattr(torch.Tensor, n, counted(n))
+    try:
+        trainer.train()
+    finally:
+        for n, f in originals.items():
+            setattr(torch.Tensor, n, f)
+    assert trainer.state.global_step == 3
+    assert reads == [], reads[:5]

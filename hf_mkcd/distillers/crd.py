@@ -103,12 +103,15 @@ class CRD(Distiller):
         return torch.exp(dots / self.hparams["nce_t"])
 
     def _normalizer(self, z: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        if z.item() < 0:  # estimated once, from the first batch (averaged over processes)
-            value = scores.detach().mean() * self.n
-            if dist.is_available() and dist.is_initialized():
-                dist.all_reduce(value)
-                value /= dist.get_world_size()
-            z.fill_(value.item())
+        ready = self.__dict__.setdefault("_z_ready", [])  # plain references to the buffers read, not buffers
+        if not any(r is z for r in ready):  # one host read per buffer (and after a move or a resume), not per step
+            if z.item() < 0:  # estimated once, from the first batch (averaged over processes)
+                value = scores.detach().mean() * self.n
+                if dist.is_available() and dist.is_initialized():
+                    dist.all_reduce(value)
+                    value /= dist.get_world_size()
+                z.fill_(value.item())
+            ready.append(z)
         return z
 
     def setting_problems(self, num_classes, num_train_samples):
