@@ -379,6 +379,7 @@ class DistillationTrainer(Trainer):
         self._last_temperature = None
         self._frozen = ()
         self._finite = None  # the device-side record of the first non-finite loss (_watch_finite)
+        self._device_step, self._device_step_seen = None, 0  # global_step on the device (_progress)
         self._drop_last_train = False
         n_train = len(train_dataset) if hasattr(train_dataset, "__len__") else None
         self.plan_notes: List[str] = []  # said with the run plan, at the start of training
@@ -502,6 +503,7 @@ class DistillationTrainer(Trainer):
             return (out.get("loss"), {"logits": out["logits"]}) if return_outputs else out.get("loss")
         distiller = self.distiller
         step = Step.from_trainer_state(self.state)
+        step.progress = self._progress(pixel_values.device)
         views = {v: inputs[f"pixel_values_{v}"] for v in distiller.views}
         teacher = self._teacher_outputs(inputs, views) if self.teacher is not None else None
         for module in self._frozen:  # after Trainer's model.train(): frozen BN layers keep their statistics
@@ -521,6 +523,19 @@ class DistillationTrainer(Trainer):
         self._terms_count += 1
         self._last_temperature = out["temperature"]
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
+
+    def _progress(self, device) -> torch.Tensor:
+        """``global_step / max_steps`` as a 0-dim tensor on ``device``: created once, then advanced there by the
+        steps done since (a Python number added on the device: no copy, no host read), so a temperature schedule
+        neither synchronises a GPU step nor hands a compiled graph a new constant each step."""
+        counter = self._device_step
+        if counter is None or counter.device != device:
+            counter = self._device_step = torch.tensor(float(self.state.global_step), device=device)
+            self._device_step_seen = self.state.global_step
+        elif self.state.global_step != self._device_step_seen:
+            counter.add_(self.state.global_step - self._device_step_seen)
+            self._device_step_seen = self.state.global_step
+        return counter / max(self.state.max_steps, 1)
 
     def _watch_finite(self, loss, terms, temperature) -> None:
         """Remember, on the device, the first step whose loss is not finite, with its terms and temperature: no

@@ -385,3 +385,31 @@ def test_a_training_step_reads_nothing_on_the_host(data, tmp_path, method):
             setattr(torch.Tensor, n, f)
     assert trainer.state.global_step == 3
     assert reads == [], reads[:5]
+
+
+def test_torch_compile_traces_the_distillation_step_once(data, tmp_path):
+    """Why --torch_compile stalled: the progressive temperature read ``global_step / max_steps`` as a Python float,
+    which a compiled graph guards on, so every step recompiled. Progress now lives on the device; over two epochs
+    of full batches (the temperature moving every step) the step is traced once (dynamo's eager backend: the
+    tracing is what is counted, not a compiler)."""
+    from torch._dynamo.utils import counters
+
+    teacher = tiny_teacher()
+    args = tiny_args(
+        tmp_path,
+        method="mkcd",
+        max_steps=-1,
+        num_train_epochs=2,
+        logging_steps=4,
+        torch_compile=True,
+        torch_compile_backend="eager",
+    )
+    trainer = DistillationTrainer(
+        model=tiny_student(teacher, "mkcd", data), teacher_model=teacher, args=args, train_dataset=data.train
+    )
+    counters.clear()
+    trainer.train()
+    assert trainer.state.global_step == 8  # 64 images, batch 16, 2 epochs
+    assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
+    temps = [e["temperature"] for e in trainer.state.log_history if "temperature" in e]
+    assert temps == pytest.approx([1 + 7 * 3 / 8, 1 + 7 * 7 / 8])  # the last step of each log window, rising 1 -> 8

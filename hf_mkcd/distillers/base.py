@@ -86,7 +86,8 @@ class Step:
 
     ``epoch`` is the epoch in progress, whole and 1-based (mdistiller, RepDistiller and CTKD loop
     ``for epoch in range(1, epochs + 1)``): warm-ups read ``min(epoch / 20, 1)`` and start at 0.05.
-    ``progress`` is ``global_step / max_steps`` in [0, 1]. ``temperature`` is filled in from the
+    ``progress`` is ``global_step / max_steps`` in [0, 1] (in training, a 0-dim tensor on the device: see
+    ``DistillationTrainer._progress``). ``temperature`` is filled in from the
     distiller's schedule before its ``forward`` runs.
     """
 

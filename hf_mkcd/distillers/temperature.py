@@ -57,11 +57,14 @@ class Ramp(Temperature):
             raise ValueError(f"temperature_min ({temperature_min}) > temperature_max ({temperature_max})")
         self.t_min, self.t_max = float(temperature_min), float(temperature_max)
 
-    def shape(self, p: float) -> float:  # 0 -> 1 over progress 0 -> 1
+    def shape(self, p):  # 0 -> 1 over progress 0 -> 1 (a float, or a tensor on the device)
         raise NotImplementedError
 
-    def forward(self, step) -> float:
-        p = min(max(float(step.progress), 0.0), 1.0)
+    def forward(self, step):
+        """In training ``step.progress`` is a tensor on the device: the schedule is computed there, so a step
+        neither reads the host nor gives a compiled graph a new constant (which recompiled it every step)."""
+        p = step.progress
+        p = p.clamp(0.0, 1.0) if torch.is_tensor(p) else min(max(float(p), 0.0), 1.0)
         s = self.shape(p) if self.rising else 1.0 - self.shape(p)
         return self.t_min + (self.t_max - self.t_min) * s
 
@@ -80,7 +83,7 @@ class LinearFalling(LinearRising):
 
 class CosineRising(Ramp):
     def shape(self, p):
-        return (1.0 - math.cos(math.pi * p)) / 2.0
+        return (1.0 - (torch.cos(math.pi * p) if torch.is_tensor(p) else math.cos(math.pi * p))) / 2.0
 
 
 class CosineFalling(CosineRising):
