@@ -85,6 +85,9 @@ def align_teacher_labels(teacher: nn.Module, id2label: Dict[int, str]) -> Option
     data_names = [str(id2label[i]) for i in range(len(id2label))]
     if names is None or names == data_names:
         return None
+    names = _as_descriptions(names, data_names)
+    if names == data_names:
+        return None
     if Counter(names) != Counter(data_names):
         only_teacher = sorted(set(names) - set(data_names))
         only_data = sorted(set(data_names) - set(names))
@@ -94,7 +97,10 @@ def align_teacher_labels(teacher: nn.Module, id2label: Dict[int, str]) -> Option
             "data labelled with the teacher's classes (its config's id2label / label_names), or pass "
             "--skip_teacher_check if the names differ in spelling only and their order is the same."
         )
-    order = [names.index(n) for n in data_names]
+    positions: Dict[str, List[int]] = {}
+    for i, n in enumerate(names):  # a name may repeat (ImageNet has two "crane"s): occurrences pair up in order
+        positions.setdefault(n, []).append(i)
+    order = [positions[n].pop(0) for n in data_names]
     head = teacher_linear_head(teacher)
     with torch.no_grad():
         head.weight.copy_(head.weight[order].clone())
@@ -113,6 +119,21 @@ def align_teacher_labels(teacher: nn.Module, id2label: Dict[int, str]) -> Option
         "mean the dataset's classes"
     )
     return order
+
+
+def _as_descriptions(names: List[str], data_names: List[str]) -> List[str]:
+    """ImageNet teachers may name classes by WordNet id (n01440764) where the dataset says "tench, Tinca tinca":
+    the same classes, translated with timm's ImageNet tables."""
+    import re
+
+    synset = re.compile(r"n\d{8}")
+    if not all(synset.fullmatch(n) for n in names) or any(synset.fullmatch(n) for n in data_names):
+        return names
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo()
+    known = set(info.label_names())
+    return [info.label_name_to_description(n) if n in known else n for n in names]
 
 
 def recorded_top1(teacher_path: Optional[str]) -> Optional[float]:

@@ -283,3 +283,21 @@ def test_readme_lists_what_is_checked_before_training():
         cls = get_distiller_class(name)
         if cls.setting_problems is not Distiller.setting_problems:  # the method says when its terms degenerate
             assert cls.__name__ in section, f"{cls.__name__}'s setting problems are not in the README"
+
+
+def test_an_imagenet_teacher_naming_classes_by_wordnet_id_matches_the_hubs_names():
+    """timm's ImageNet teachers may name classes n01440764...; ILSVRC/imagenet-1k names them "tench, Tinca
+    tinca"...: the same classes in the same order, so nothing is reordered or refused."""
+    import timm
+    from timm.data import ImageNetInfo
+
+    from hf_mkcd.preflight import align_teacher_labels
+
+    info = ImageNetInfo()
+    teacher = timm.create_model("resnet18", num_classes=1000)
+    teacher.pretrained_cfg = {**teacher.pretrained_cfg, "label_names": list(info.label_names())}
+    names = {i: info.index_to_description(i) for i in range(1000)}
+    before = teacher.fc.weight.clone()
+    assert align_teacher_labels(teacher, names) is None and torch.equal(teacher.fc.weight, before)
+    swapped = {**names, 0: names[1], 1: names[0]}  # the dataset lists two classes the other way round
+    assert align_teacher_labels(teacher, swapped)[:3] == [1, 0, 2]
