@@ -126,6 +126,7 @@ def main_guard(main, argv=None) -> int:
 
     try:
         result = main(argv)
+        _close_process_group()
         return result if isinstance(result, int) else 0
     except KeyboardInterrupt:
         raise
@@ -140,6 +141,16 @@ def main_guard(main, argv=None) -> int:
         sys.stderr.flush()
         print(f"error: {message}", file=sys.stderr, flush=True)
         return 1
+
+
+def _close_process_group() -> None:
+    """End a multi-process run cleanly: a process group left to the interpreter's exit can abort in gloo's threads
+    ("terminate called without an active exception"), turning a finished run into a failed exit code."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def mapping_to_argv(mapping: dict) -> list:
