@@ -14,7 +14,7 @@
 from __future__ import annotations
 
 import math
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import torch
 import torch.nn as nn
@@ -131,10 +131,22 @@ class TransformersTeacher(nn.Module):
 class DistillationTeacher:
     """The frozen teacher in training: what a method reads, per batch and view, computed or read from the cache."""
 
-    def __init__(self, model: nn.Module, needs, views=(), cache=None, autocast=None, default_channels: int = 3):
+    def __init__(
+        self,
+        model: nn.Module,
+        needs,
+        views=(),
+        cache=None,
+        autocast=None,
+        default_channels: int = 3,
+        mirror_device=None,
+    ):
         self.model, self.needs, self.views, self.cache = model, frozenset(needs), tuple(views), cache
         self.autocast = autocast
         self.in_chans = first_conv_in_channels(model, default_channels)
+        # on a GPU, a complete cached epoch is held in device memory where it fits: reading it from files (and
+        # copying it over) was slower than recomputing the teacher for map-reading methods
+        self.mirror_device, self._mirror_epoch, self._said = mirror_device, None, False
 
     def __call__(self, inputs: Dict[str, torch.Tensor], views: Dict[str, torch.Tensor]) -> Dict[str, object]:
         cache, key = self.cache, None
@@ -142,6 +154,8 @@ class DistillationTeacher:
             epochs = inputs["aug_epoch"]
             if bool((epochs == epochs[0]).all()):
                 key = (int(epochs[0]), inputs["index"])
+                if self.mirror_device is not None and key[0] != self._mirror_epoch:
+                    self._mirror(key[0])
                 hit = cache.read(*key, self.needs, views)
                 if hit is not None:
                     return _to_device(hit, inputs["pixel_values"].device)
@@ -152,6 +166,27 @@ class DistillationTeacher:
         if key is not None:
             cache.write(*key, out, self.needs, views)
         return out
+
+    def _mirror(self, epoch: int) -> None:
+        import logging
+
+        self._mirror_epoch = epoch
+        held, size = self.cache.mirror(
+            epoch, self.mirror_device, self.needs, self.views, _mirror_budget(self.mirror_device)
+        )
+        if not self._said and size is not None:
+            self._said = True
+            logging.getLogger("hf_mkcd").info(
+                f"teacher cache: complete epochs are {'held in' if held else 'too large for'} {self.mirror_device} "
+                f"memory ({size / 2**20:.0f} MB per epoch)"
+                + (": reads are gathers there" if held else ": read from the files")
+            )
+
+
+def _mirror_budget(device) -> Optional[int]:
+    if getattr(device, "type", str(device)) == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0] * 0.5)  # half of what is free now
+    return None
 
 
 def _to_device(outputs, device):

@@ -370,6 +370,7 @@ class DistillationTrainer(Trainer):
                 self.teacher_cache,
                 self.accelerator.autocast,
                 model.config.num_channels,
+                mirror_device=self.args.device if self.args.device.type == "cuda" else None,
             )
             if self.teacher is not None
             else None

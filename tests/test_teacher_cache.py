@@ -193,3 +193,32 @@ def test_cache_built_ahead_by_the_script(tmp_path):
     cached = distill.main([*run_args, "--output_dir", str(tmp_path / "cached"), "--teacher_cache", str(tmp_path / "c")])
     assert cached["train_loss"] == pytest.approx(plain["train_loss"], rel=1e-5)
     assert cached["eval_top1"] == plain["eval_top1"]
+
+
+def test_a_complete_epoch_held_in_device_memory_reads_the_same_values(data, tmp_path):
+    """On a GPU a complete cached epoch is held in device memory (reads become gathers there, no file read, no
+    host-device copy): the values are exactly those read from the files. Here the 'device' is the CPU."""
+    from hf_mkcd.teacher import DistillationTeacher
+
+    teacher = tiny_teacher()
+    student = tiny_student(teacher, "mkcd", data)
+    args = tiny_args(
+        tmp_path / "run", method="mkcd", teacher_cache=str(tmp_path / "cache"), max_steps=-1, num_train_epochs=1
+    )
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
+    trainer.train()  # epoch 0 written, complete
+    cache, needs = trainer.teacher_cache, trainer.distiller.teacher_needs
+    index = torch.tensor([5, 0, 33, 17])
+    from_files = cache.read(0, index, needs)
+    held, size = cache.mirror(0, torch.device("cpu"), needs, budget_bytes=None)
+    assert held and size > 0 and cache.mirror(1, torch.device("cpu"), needs) == (False, None)  # epoch 1: absent
+    cache.mirror(0, torch.device("cpu"), needs)
+    gathered = cache.read(0, index, needs)
+    for key in needs:
+        assert torch.equal(gathered[key], from_files[key]), key
+    assert cache.mirror(0, torch.device("cpu"), needs, budget_bytes=size - 1) == (True, size)  # already held
+    runner = DistillationTeacher(teacher, needs, cache=cache, mirror_device=torch.device("cpu"))
+    batch = {"pixel_values": torch.zeros(4, 1, 16, 16), "index": index, "aug_epoch": torch.zeros(4, dtype=torch.long)}
+    out = runner(batch, {})
+    for key in needs:
+        assert torch.equal(out[key], from_files[key]), key
