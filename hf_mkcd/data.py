@@ -558,6 +558,10 @@ class ImageTransform:
         self.resize = v2.Resize((image_size, image_size), antialias=True)
         self.normalize = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(mean), list(std))])
 
+    def resized_uint8(self, image) -> torch.Tensor:
+        """The image as the model takes it before any augmentation: uint8 (C, H, W) at the model's size."""
+        return self.resize(image_to_tensor(image, self.channels))
+
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
 

@@ -87,6 +87,7 @@ NOT_FINGERPRINTED = {
     "use_cpu",
     "do_train",
     "dataloader_drop_last",
+    "device_data",
     "skip_memory_metrics",
     "include_num_input_tokens_seen",
     "hub_revision",

@@ -54,6 +54,8 @@ from .features import student_outputs
 from .models.helpers import first_conv_in_channels
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 from .run_dir import DISTILLER_WEIGHTS_NAME, STAGING_PREFIX, checkpoint_problem, promote_staged
+from .device_data import DeviceImages
+from .device_data import collate as collate_device_batches
 from .teacher import DistillationTeacher, as_timm_teacher
 from .teacher_cache import CACHEABLE, TeacherCache, cache_fingerprint
 from .validation import check_pair
@@ -194,6 +196,14 @@ class DistillationTrainingArguments(TrainingArguments):
         metadata={
             "help": "Run student, teacher and inputs in channels-last memory format (measured a quarter faster on "
             "CPU for the CIFAR ResNets; the usual choice on GPUs with mixed precision)."
+        },
+    )
+    device_data: bool = field(
+        default=False,
+        metadata={
+            "help": "Hold the training images in device memory as one uint8 tensor and make each batch there (crop + "
+            "flip as one gather, the same pixels as the DataLoader path): for CIFAR-sized data on a GPU. Off by "
+            "default until measured there; refused for methods with extra views and for photos."
         },
     )
     teacher_cache: Optional[str] = field(
@@ -351,6 +361,10 @@ class DistillationTrainer(Trainer):
             temperature = build_temperature(schedule, **args.temperature_kwargs()) if method.uses_temperature else None
             distiller = method(pair=pair, temperature=temperature, **args.loss_weights())
         kwargs.setdefault("compute_metrics", default_compute_metrics)
+        prepared_train = train_dataset  # the pipeline's description (the teacher cache's key) lives here
+        if args.device_data and train_dataset is not None:
+            kwargs["train_dataset"] = DeviceImages.from_prepared(train_dataset, args.device)
+            kwargs.setdefault("data_collator", collate_device_batches)
         module = DistillationModule(model, distiller)
         if args.channels_last:
             module = module.to(memory_format=torch.channels_last)
@@ -361,7 +375,7 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
-        self.teacher_cache = self._open_teacher_cache(pair, method, train_dataset)
+        self.teacher_cache = self._open_teacher_cache(pair, method, prepared_train)
         self.distillation_teacher = (
             DistillationTeacher(
                 self.teacher,
@@ -391,6 +405,12 @@ class DistillationTrainer(Trainer):
         self.add_callback(RunPlanCallback(method.name, self.plan_notes))
         self.add_callback(FiniteMetricsCallback())
         transform = (getattr(self.train_dataset, "format", None) or {}).get("format_kwargs", {}).get("transform")
+        if isinstance(self.train_dataset, DeviceImages):
+            transform = self.train_dataset
+            self.plan_notes.append(
+                f"training images held in {self.args.device} memory ({transform.nbytes / 2**20:.0f} MB), each "
+                "batch cropped and flipped there (--device_data)"
+            )
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
 
@@ -443,14 +463,21 @@ class DistillationTrainer(Trainer):
             self.plan_notes.append(note)
 
     def get_train_dataloader(self):
-        """Trainer's, dropping the last training batch where it would hold one image (evaluation keeps every one)."""
-        if not self._drop_last_train or self.args.dataloader_drop_last:
-            return super().get_train_dataloader()
-        self.args.dataloader_drop_last = True
+        """Trainer's, dropping the last training batch where it would hold one image (evaluation keeps every one);
+        images held on the device are batched in this process (no workers, nothing to pin)."""
+        changes = {}
+        if self._drop_last_train and not self.args.dataloader_drop_last:
+            changes["dataloader_drop_last"] = True
+        if isinstance(self.train_dataset, DeviceImages):
+            changes.update(dataloader_num_workers=0, dataloader_pin_memory=False, dataloader_persistent_workers=False)
+        saved = {k: getattr(self.args, k) for k in changes}
+        for k, v in changes.items():
+            setattr(self.args, k, v)
         try:
             return super().get_train_dataloader()
         finally:
-            self.args.dataloader_drop_last = False
+            for k, v in saved.items():
+                setattr(self.args, k, v)
 
     @staticmethod
     def _check_batches(train_dataset, method) -> None:

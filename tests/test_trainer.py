@@ -413,3 +413,35 @@ def test_torch_compile_traces_the_distillation_step_once(data, tmp_path):
     assert counters["stats"]["unique_graphs"] == 1, dict(counters["stats"])
     temps = [e["temperature"] for e in trainer.state.log_history if "temperature" in e]
     assert temps == pytest.approx([1 + 7 * 3 / 8, 1 + 7 * 7 / 8])  # the last step of each log window, rising 1 -> 8
+
+
+def test_training_images_held_on_the_device_give_the_dataloader_paths_weights(data, tmp_path):
+    """--device_data: the training set as one uint8 tensor where the model runs, each batch cropped and flipped
+    there in one gather. Same sampler, same draws of (seed, epoch, index): two epochs of KD end with exactly the
+    weights of the DataLoader path (here the device is the CPU). Methods with extra views keep the DataLoader."""
+    from hf_mkcd.device_data import DeviceImages
+
+    weights = {}
+    for device_data in (False, True):
+        teacher = tiny_teacher()
+        args = tiny_args(
+            tmp_path / str(device_data), method="kd", max_steps=-1, num_train_epochs=2, device_data=device_data
+        )
+        trainer = DistillationTrainer(
+            model=tiny_student(teacher, "kd", data), teacher_model=teacher, args=args, train_dataset=data.train
+        )
+        assert isinstance(trainer.train_dataset, DeviceImages) == device_data
+        trainer.train()
+        weights[device_data] = {k: v.clone() for k, v in trainer.student.state_dict().items()}
+    assert trainer.state.global_step == 8
+    assert any("held in cpu memory" in note for note in trainer.plan_notes)
+    for k, v in weights[False].items():
+        assert torch.equal(v, weights[True][k]), k
+    views = tiny_data(views=("strong",))
+    with pytest.raises(ValueError, match="extra view.*DataLoader path"):
+        DistillationTrainer(
+            model=tiny_student(tiny_teacher(), "mlkd", views),
+            teacher_model=tiny_teacher(),
+            args=tiny_args(tmp_path / "mlkd", method="mlkd", device_data=True),
+            train_dataset=views.train,
+        )
