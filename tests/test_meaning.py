@@ -301,3 +301,36 @@ def test_an_imagenet_teacher_naming_classes_by_wordnet_id_matches_the_hubs_names
     assert align_teacher_labels(teacher, names) is None and torch.equal(teacher.fc.weight, before)
     swapped = {**names, 0: names[1], 1: names[0]}  # the dataset lists two classes the other way round
     assert align_teacher_labels(teacher, swapped)[:3] == [1, 0, 2]
+
+
+def test_through_distill_py_two_classes_are_said_and_a_last_image_alone_is_dropped(tmp_path):
+    """The bug hunt's cases end to end: DKD on two classes says its NCKD term vanishes before the first step;
+    srrl on 33 images in batches of 8 (its BatchNorm died on the last batch of one) trains and says why that
+    batch is dropped."""
+    two = _relabelled_digits(tmp_path / "two", ["even", "odd"], lambda v: v % 2)
+    res = _distill(None, two, tmp_path / "dkd", "--model_name_or_path", "cifar_resnet20", method="none")
+    assert res.returncode == 0, res.stderr[-2000:]
+    teacher = str(tmp_path / "dkd")  # a two-class classifier of two steps: at chance, so the check is skipped
+    res = _distill(teacher, two, tmp_path / "student", "--skip_teacher_check", "true", method="dkd")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "method 'dkd': with 2 classes the non-target distribution holds one class" in res.stderr
+    res = _distill(
+        teacher,
+        two,
+        tmp_path / "srrl",
+        "--skip_teacher_check",
+        "true",
+        "--max_train_samples",
+        "33",
+        "--per_device_train_batch_size",
+        "8",
+        "--max_steps",
+        "-1",
+        "--num_train_epochs",
+        "1",
+        method="srrl",
+    )
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "plan: each epoch's last batch would hold 1 image (33 images, batch 8)" in res.stderr
+    state = json.loads((tmp_path / "srrl" / "trainer_state.json").read_text())
+    assert state["global_step"] == 4
