@@ -607,20 +607,16 @@ class ImageTransform:
         pixels, views = [], {v: [] for v in self.views}
         generator = torch.Generator()
         for image, index in zip(batch[self.image_column], indices):
-            if self.photo:
-                if self.augment:
-                    if index is None:
-                        generator.seed()
-                    else:
-                        generator.manual_seed(sample_seed(self.seed, self.epoch, index))
-                pixels.append(self.normalize(self._photo(image, generator if self.augment else None)))
-                continue
-            x = self.resize(image_to_tensor(image, self.channels))
-            if self.augment or self.views:
+            if self.augment or self.views:  # each sample draws from its own generator
                 if index is None:  # no index column (a dataset prepared elsewhere): fall back to fresh randomness
                     generator.seed()
                 else:
                     generator.manual_seed(sample_seed(self.seed, self.epoch, index))
+            if self.photo:
+                pixels.append(self.normalize(self._photo(image, generator if self.augment else None)))
+                continue
+            x = self.resize(image_to_tensor(image, self.channels))
+            if self.augment or self.views:
                 for view in self.views:
                     views[view].append(self.normalize(VIEWS[view](x, generator)))
                 if self.augment:  # crop_flip

@@ -38,13 +38,19 @@ _PREFIXES = ("module.", "timm_model.", "backbone.", "model.")
 
 def read_state_dict(path: str) -> Dict[str, torch.Tensor]:
     """Read a ``{name: tensor}`` dict from ``.safetensors`` or a PyTorch checkpoint (``weights_only``)."""
-    obj = _read_checkpoint(path)
+    return _state_dict_of(_read_checkpoint(path), path)
+
+
+def _state_dict_of(raw, path: str) -> Dict[str, torch.Tensor]:
+    """The state dict inside a checkpoint's top-level object: under a usual wrapper key, else the largest dict of
+    tensors at any depth."""
+    obj = raw
     for key in _WRAPPER_KEYS:
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
             break
     if not isinstance(obj, dict) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
-        candidates = state_dict_candidates(_read_checkpoint(path))
+        candidates = state_dict_candidates(raw)
         if candidates:  # nested deeper than the usual wrappers: the largest tensor dict
             return max(candidates, key=lambda c: len(c[1]))[1]
         keys = list(obj)[:10] if isinstance(obj, dict) else type(obj).__name__
@@ -85,10 +91,10 @@ def _problems(sd: Dict[str, torch.Tensor], own: Dict[str, torch.Tensor]) -> tupl
     return missing, unexpected, shapes
 
 
-def _pick_candidate(path: str, model: nn.Module, arch: str) -> Optional[Dict[str, torch.Tensor]]:
+def _pick_candidate(raw, path: str, model: nn.Module, arch: str) -> Optional[Dict[str, torch.Tensor]]:
     """The first sub-dict of the checkpoint that fits the model exactly (said), or None."""
     own = model.state_dict()
-    for label, candidate in state_dict_candidates(_read_checkpoint(path)):
+    for label, candidate in state_dict_candidates(raw):
         sd = _prepare(candidate, own, model)
         if not any(_problems(sd, own)):
             logger.warning(f"checkpoint {path!r}: took {label} ({len(candidate)} tensors), the part that fits {arch}")
@@ -96,10 +102,10 @@ def _pick_candidate(path: str, model: nn.Module, arch: str) -> Optional[Dict[str
     return None
 
 
-def _candidates_summary(path: str, model: nn.Module) -> str:
+def _candidates_summary(raw, model: nn.Module) -> str:
     own = model.state_dict()
     rows = []
-    for label, candidate in state_dict_candidates(_read_checkpoint(path)):
+    for label, candidate in state_dict_candidates(raw):
         missing, unexpected, shapes = _problems(_prepare(candidate, own, model), own)
         rows.append(
             f"    {label}: {len(candidate)} tensors; {len(missing)} missing, {len(unexpected)} foreign, "
@@ -186,10 +192,11 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
     model (channels summed, as timm does for pretrained weights).
     """
     own = model.state_dict()
-    sd = _prepare(read_state_dict(path), own, model)
+    raw = _read_checkpoint(path)  # read once: the usual layout first, then every part of it
+    sd = _prepare(_state_dict_of(raw, path), own, model)
     missing, unexpected, shapes = _problems(sd, own)
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
-    if (missing or unexpected) and (picked := _pick_candidate(path, model, arch)) is not None:
+    if (missing or unexpected) and (picked := _pick_candidate(raw, path, model, arch)) is not None:
         sd, missing, unexpected, shapes = picked, [], [], []  # another codebase's layout: the part that fits
     if missing or unexpected or shapes:
         head = (
@@ -221,7 +228,7 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
         if zoo:
             lines.append(f"  its keys match the CIFAR-zoo architecture(s): {', '.join(zoo)}")
         lines.append("  no part of it fits (prefixes module. / student. / model. and nested dicts were tried):")
-        lines.append(_candidates_summary(path, model))
+        lines.append(_candidates_summary(raw, model))
         raise CheckpointError("\n".join(lines))
     model.load_state_dict(sd, strict=True)
     return model

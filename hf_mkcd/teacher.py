@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from typing import Dict, List, Optional
 
@@ -80,10 +81,14 @@ class TransformersTeacher(nn.Module):
             pooled = last.mean((2, 3))
             if close(pooled):
                 return "mean"
-            norm = getattr(self.base, "layernorm", None) or getattr(self.base, "norm", None)
+            norm = self._head_norm()
             if norm is not None and close(norm(pooled)):
                 return "mean_norm"
         return "other"
+
+    def _head_norm(self):
+        """The base model's final norm (ConvNeXt's ``layernorm``), which a ``mean_norm`` head applies after pooling."""
+        return getattr(self.base, "layernorm", None) or getattr(self.base, "norm", None)
 
     # -- timm's interface --------------------------------------------------------------------------------
     def get_classifier(self) -> nn.Module:
@@ -99,7 +104,7 @@ class TransformersTeacher(nn.Module):
         elif self.pooling in ("mean", "mean_norm"):
             pooled = features.mean((2, 3))
             if self.pooling == "mean_norm":
-                pooled = (getattr(self.base, "layernorm", None) or self.base.norm)(pooled)
+                pooled = self._head_norm()(pooled)
         else:
             raise ValueError(
                 f"the teacher {self.name}'s head does not read a mean-pooled map or a class token, so its pooled "
@@ -159,7 +164,7 @@ class DistillationTeacher:
                 hit = cache.read(*key, self.needs, views)
                 if hit is not None:
                     return _to_device(hit, inputs["pixel_values"].device)
-        with torch.no_grad(), self.autocast() if self.autocast is not None else _nullcontext():
+        with torch.no_grad(), self.autocast() if self.autocast is not None else contextlib.nullcontext():
             out = teacher_outputs(self.model, match_channels(inputs["pixel_values"], self.in_chans), self.needs)
             for view, pixels in views.items():
                 out[view] = teacher_outputs(self.model, match_channels(pixels, self.in_chans), self.needs)
@@ -194,14 +199,6 @@ def _to_device(outputs, device):
         k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
         for k, v in outputs.items()
     }
-
-
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
 
 
 def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:

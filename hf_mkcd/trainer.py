@@ -553,9 +553,13 @@ class DistillationTrainer(Trainer):
         return (loss, {"logits": out["logits"]}) if return_outputs else loss
 
     def _progress(self, device) -> torch.Tensor:
-        """``global_step / max_steps`` as a 0-dim tensor on ``device``: created once, then advanced there by the
-        steps done since (a Python number added on the device: no copy, no host read), so a temperature schedule
-        neither synchronises a GPU step nor hands a compiled graph a new constant each step."""
+        """``global_step / max_steps`` as a 0-dim tensor on ``device``, so a temperature schedule neither
+        synchronises a GPU step nor hands a compiled graph a new constant each step."""
+        return self._global_step_on(device) / max(self.state.max_steps, 1)
+
+    def _global_step_on(self, device) -> torch.Tensor:
+        """``global_step`` as a 0-dim float tensor on ``device``: created once, then advanced there by the steps done
+        since (a Python number added on the device: no copy, no host read)."""
         counter = self._device_step
         if counter is None or counter.device != device:
             counter = self._device_step = torch.tensor(float(self.state.global_step), device=device)
@@ -563,22 +567,18 @@ class DistillationTrainer(Trainer):
         elif self.state.global_step != self._device_step_seen:
             counter.add_(self.state.global_step - self._device_step_seen)
             self._device_step_seen = self.state.global_step
-        return counter / max(self.state.max_steps, 1)
+        return counter
 
     def _watch_finite(self, loss, terms, temperature) -> None:
         """Remember, on the device, the first step whose loss is not finite, with its terms and temperature: no
         host synchronisation in a step (a GPU step is not stalled). :meth:`_raise_if_nonfinite` reads it at every
         log, before every checkpoint and at the end, so a diverged run still stops and saves nothing diverged."""
-        device = loss.device
-        if self._finite is None or self._finite["step"].device != device:
-            self._finite = {
-                "step": torch.tensor(self.state.global_step, device=device),  # one copy, at the start
-                "bad_step": torch.tensor(-1, device=device),
-                "terms": {},
-            }
+        step = self._global_step_on(loss.device)
+        if self._finite is None or self._finite["bad_step"].device != loss.device:
+            self._finite = {"bad_step": torch.full_like(step, -1.0), "terms": {}}
         f = self._finite
         first = ~torch.isfinite(loss.detach()) & (f["bad_step"] < 0)
-        f["bad_step"] = torch.where(first, f["step"], f["bad_step"])
+        f["bad_step"] = torch.where(first, step, f["bad_step"])
         values = dict(terms)
         if torch.is_tensor(temperature):
             values["temperature"] = temperature
@@ -587,7 +587,6 @@ class DistillationTrainer(Trainer):
             v = v.detach().float().reshape(())
             f["terms"][k] = v.clone() if seen is None else torch.where(first, v, seen)
         f["python_temperature"] = None if torch.is_tensor(temperature) else temperature
-        f["step"] += 1
 
     def _raise_if_nonfinite(self) -> None:
         f = self._finite
