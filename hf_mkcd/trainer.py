@@ -375,12 +375,13 @@ class DistillationTrainer(Trainer):
         if teacher_model is not None:
             self.teacher = teacher_model.to(self.args.device).eval().requires_grad_(False)
             self._teacher_in_chans = first_conv_in_channels(self.teacher, model.config.num_channels)
-        self.teacher_cache = self._open_teacher_cache(pair, method, prepared_train)
+        # what the teacher gives is the built distiller's to say: its options can add outputs (MKCD's mid_weight)
+        self.teacher_cache = self._open_teacher_cache(pair, distiller, prepared_train)
         self.distillation_teacher = (
             DistillationTeacher(
                 self.teacher,
-                method.teacher_needs,
-                method.views,
+                distiller.teacher_needs,
+                distiller.views,
                 self.teacher_cache,
                 self.accelerator.autocast,
                 model.config.num_channels,
@@ -414,12 +415,12 @@ class DistillationTrainer(Trainer):
         if hasattr(transform, "set_epoch"):
             self.add_callback(AugmentationEpochCallback(transform))
 
-    def _open_teacher_cache(self, pair, method, train_dataset):
+    def _open_teacher_cache(self, pair, distiller, train_dataset):
         if not self.args.teacher_cache or self.teacher is None:
             return None
-        if not TeacherCache.supports(method.teacher_needs):
+        if not TeacherCache.supports(distiller.teacher_needs):
             logger.warning(
-                f"--teacher_cache: method {method.name!r} reads {sorted(method.teacher_needs)}, of which only "
+                f"--teacher_cache: method {distiller.name!r} reads {sorted(distiller.teacher_needs)}, of which only "
                 f"{', '.join(CACHEABLE)} are cached: the teacher runs every step"
             )
             return None
@@ -434,7 +435,7 @@ class DistillationTrainer(Trainer):
         )
         if self.args.should_save:
             epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else 1
-            cache.plan(math.ceil(epochs), pair.teacher_shapes, method.teacher_needs, method.views)
+            cache.plan(math.ceil(epochs), pair.teacher_shapes, distiller.teacher_needs, distiller.views)
         self.add_callback(TeacherCacheCallback(cache))
         return cache
 

@@ -17,7 +17,8 @@ Model selection never reads the test split: ``data.validation_samples`` holds ou
 the training split as the evaluation set, and ``data.test_split`` is evaluated once, after training, and only
 reported. Ablations and default choices read the validation numbers; the final table reports test.
 
-Suite keys: ``name``, ``description``, ``base`` (a suite file whose keys this one extends), ``seeds``,
+Suite keys: ``name``, ``description``, ``base`` (a suite file whose keys this one extends, or a list of them: later ones
+override earlier ones), ``seeds``,
 ``data`` (DataArguments), ``teacher`` (``path``, or ``model_name_or_path`` + ``checkpoint``, or
 ``model_name_or_path`` + ``train`` to train it once), ``student`` (student flags, e.g.
 ``model_name_or_path``, ``max_train_samples``), ``training`` (DistillationTrainingArguments), ``teacher_cache``
@@ -51,8 +52,9 @@ ARG_FILE_KEYS = ("data", "student", "training")
 def load_suite(path: str) -> dict:
     with open(path) as f:
         suite = yaml.safe_load(f) or {}
-    if "base" in suite:
-        base = load_suite(os.path.join(os.path.dirname(path), suite.pop("base")))
+    bases = suite.pop("base", [])
+    for base_path in reversed([bases] if isinstance(bases, str) else bases):  # a later base overrides an earlier one
+        base = load_suite(os.path.join(os.path.dirname(path), base_path))
         for key in ARG_FILE_KEYS + ("teacher",):
             if key in suite and key in base:
                 suite[key] = {**base[key], **suite[key]}
@@ -353,6 +355,7 @@ def summarize(suite: dict, out_dir: str) -> dict:
         if not seeds:
             continue
         row = {"cell": name, "method": cell["method"], "note": cell.get("note"), "seeds": seeds}
+        row["pair"] = cell.get("pair")
         for split, key in (("validation", "eval_top1"), ("test", "test_top1")):
             vals = [metric(name, s, key) for s in seeds]
             if all(v is None for v in vals):
@@ -386,6 +389,7 @@ def summarize(suite: dict, out_dir: str) -> dict:
             for point in results[(name, s)]["curve"]:
                 per_epoch.setdefault(round(point["epoch"], 3), []).append(100 * point["top1"])
         curves[name] = [[e, sum(v) / len(v)] for e, v in sorted(per_epoch.items())]
+    add_best_other(rows)
     teacher = None
     if os.path.isfile(os.path.join(out_dir, "teacher.json")):
         with open(os.path.join(out_dir, "teacher.json")) as f:
@@ -397,6 +401,7 @@ def summarize(suite: dict, out_dir: str) -> dict:
         "baseline": baseline,
         "seeds": suite["seeds"],
         "teacher": teacher,
+        "student": (suite.get("student") or {}).get("model_name_or_path"),
         "rows": rows,
         "curves": curves,
         "command": f"python scripts/benchmark_accuracy.py suites/{suite['name']}.yaml",
@@ -408,6 +413,28 @@ def summarize(suite: dict, out_dir: str) -> dict:
         f.write(markdown_summary(summary))
     plot(summary, out_dir)
     return summary
+
+
+def add_best_other(rows: list) -> None:
+    """Each row's paired difference (per seed) to the best *other* cell of its pair on each split: how far the
+    leader is ahead, or how far a cell trails it."""
+    for split in ("validation", "test"):
+        ranked = sorted((r for r in rows if r.get(split)), key=lambda r: -r[split]["mean"])
+        for r in ranked:
+            best = next((o for o in ranked if o is not r and o.get("pair") == r.get("pair")), None)
+            if best is None:
+                continue
+            per_seed = {s: v for s, v in zip(best["seeds"], best[split]["per_seed"])}
+            diffs = [v - per_seed[s] for s, v in zip(r["seeds"], r[split]["per_seed"]) if s in per_seed]
+            if diffs:
+                mean, std = _mean_std(diffs)
+                r[split]["vs_best_other"] = {
+                    "cell": best["cell"],
+                    "mean": mean,
+                    "std": std,
+                    "wins": sum(d > 0 for d in diffs),
+                    "n": len(diffs),
+                }
 
 
 def _fmt(stat, key="mean"):
@@ -457,6 +484,11 @@ def markdown_summary(summary: dict) -> str:
         *[f"{s} top-1" for s in splits],
         f"Δ vs `{summary['baseline']}` ({report}, paired)",
         "seeds better",
+    ]
+    best_other = report == "test"  # a benchmark table: how far each cell is from the leader
+    if best_other:
+        head += ["Δ vs the best other (test, paired)"]
+    head += [
         "projector params",
         "min / run",
     ] + (["published"] if has_pub else [])
@@ -472,6 +504,15 @@ def markdown_summary(summary: dict) -> str:
             *[_fmt(r.get(s)) for s in splits],
             delta,
             wins,
+        ]
+        if best_other:
+            other = (r.get("test") or {}).get("vs_best_other")
+            cells.append(
+                f"{other['mean']:+.2f} ± {other['std']:.2f} vs `{other['cell']}` ({other['wins']}/{other['n']})"
+                if other
+                else "–"
+            )
+        cells += [
             params,
             f"{r['minutes']:.1f}" if r.get("minutes") else "–",
         ]
@@ -486,6 +527,57 @@ def markdown_summary(summary: dict) -> str:
         + ("" if summary["complete"] else "**Incomplete: some cells have not run yet.** ")
         + f"`{summary['command']}`."
     )
+    return "\n".join(lines) + "\n"
+
+
+def across_pairs(summaries: list, focus: str = "mkcd") -> str:
+    """Several single-pair suites side by side: each method's rank on test among the methods every suite ran, its
+    mean rank and the pairs it leads; then ``focus`` per pair (its paired gap to the best other method, its
+    projector and its time against the vanilla student's)."""
+    ran = [{r["cell"] for r in s["rows"]} for s in summaries]
+    common = [r["cell"] for r in summaries[0]["rows"] if all(r["cell"] in cells for cells in ran)]
+    names = [f"`{(s.get('teacher') or {}).get('model', '?')}` -> `{s.get('student') or '?'}`" for s in summaries]
+    ranks = {c: [] for c in common}
+    for s in summaries:
+        rows = {r["cell"]: r for r in s["rows"] if r["cell"] in common and r.get("test")}
+        for i, c in enumerate(sorted(rows, key=lambda c: -rows[c]["test"]["mean"])):
+            ranks[c].append(i + 1)
+    complete = [c for c in common if len(ranks[c]) == len(summaries)]
+    lines = [
+        "| method | " + " | ".join(f"rank on {n}" for n in names) + " | mean rank | pairs led |",
+        "|" + "---|" * (len(names) + 3),
+    ]
+    for c in sorted(complete, key=lambda c: sum(ranks[c])):
+        lines.append(
+            f"| `{c}` | " + " | ".join(map(str, ranks[c])) + f" | {sum(ranks[c]) / len(ranks[c]):.1f} | "
+            f"{sum(r == 1 for r in ranks[c])} |"
+        )
+    lines += [
+        "",
+        f"Ranks by mean test top-1 over the seeds, among the {len(complete)} methods all {len(summaries)} pairs ran.",
+        "",
+        f"| pair | `{focus}` test top-1 | Δ vs the best other (paired) | projector params | min / run "
+        "(vanilla student) |",
+        "|---|---|---|---|---|",
+    ]
+    for n, s in zip(names, summaries):
+        rows = {r["cell"]: r for r in s["rows"] if r["cell"] in common}
+        r = rows.get(focus)
+        if not r or not r.get("test"):
+            continue
+        best = sorted((x for x in rows.values() if x is not r and x.get("test")), key=lambda x: -x["test"]["mean"])
+        diffs = [a - b for a, b in zip(r["test"]["per_seed"], best[0]["test"]["per_seed"])] if best else []
+        gap = (
+            f"{sum(diffs) / len(diffs):+.2f} vs `{best[0]['cell']}` ({sum(d > 0 for d in diffs)}/{len(diffs)} seeds)"
+            if diffs
+            else "–"
+        )
+        vanilla = rows.get("none", {}).get("minutes")
+        lines.append(
+            f"| {n} | {_fmt(r['test'])} | {gap} | {r.get('projector_params') or 0:,} | {r['minutes']:.1f}"
+            + (f" ({vanilla:.1f})" if vanilla else "")
+            + " |"
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -150,6 +150,18 @@ def accuracy(suite: str) -> str:
     return benchmark_accuracy.markdown_summary(_load(f"results/accuracy/{suite}/summary.json"))
 
 
+PROXY_PAIRS = ("fmnist_proxy", "fmnist_proxy_wrn", "fmnist_proxy_cross")  # the proxy suites, one pair each
+
+
+def across_pairs() -> str:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark_accuracy
+
+    summaries = [_load(f"results/accuracy/{suite}/summary.json") for suite in PROXY_PAIRS]
+    commands = ", ".join(f"`{s['command']}`" for s in summaries)
+    return benchmark_accuracy.across_pairs(summaries) + f"\nFrom {commands}.\n"
+
+
 def jpeg_pipeline() -> str:
     r = _load("results/speed_jpeg_cpu.json")
     j = r["jpeg_pipeline"]
@@ -176,6 +188,7 @@ def hyperparameters() -> str:
 
 
 RENDERERS = {
+    "across_pairs": across_pairs,
     "jpeg_pipeline": jpeg_pipeline,
     "quickstart": quickstart,
     "speed": speed,

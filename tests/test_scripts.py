@@ -341,6 +341,55 @@ def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
     assert benchmark_accuracy.standing({**summary, "report": "validation"}) == []  # ablations: no test reading
 
 
+def test_best_other_and_across_pairs_by_hand():
+    import benchmark_accuracy
+
+    def row(cell, test, minutes=1.0, params=0):
+        return {
+            "cell": cell,
+            "seeds": [0, 1, 2],
+            "test": {"mean": sum(test) / 3, "std": 0.0, "per_seed": test},
+            "minutes": minutes,
+            "projector_params": params,
+        }
+
+    a = [row("none", [80, 80, 80]), row("fitnet", [88, 87, 86]), row("mkcd", [86, 88, 87], 1.5, 4560)]
+    b = [row("none", [70, 70, 70]), row("fitnet", [75, 75, 75]), row("mkcd", [76, 74, 73]), row("ab", [90, 90, 90])]
+    benchmark_accuracy.add_best_other(a)
+    # mkcd and fitnet tie at 87.0: sorted() is stable, fitnet (first in the table) leads; mkcd - fitnet = -2, +1, +1
+    assert a[2]["test"]["vs_best_other"]["cell"] == "fitnet"
+    assert a[2]["test"]["vs_best_other"]["mean"] == pytest.approx(0.0)
+    assert a[2]["test"]["vs_best_other"]["wins"] == 2
+    assert a[1]["test"]["vs_best_other"]["cell"] == "mkcd"  # the leader is compared with the runner-up
+    summaries = [
+        {"teacher": {"model": "t1"}, "student": "s1", "rows": a},
+        {"teacher": {"model": "t2"}, "student": "s2", "rows": b},
+    ]
+    text = benchmark_accuracy.across_pairs(summaries)
+    # ab ran on one pair only: left out; ranks among none/fitnet/mkcd: pair 1 fitnet 1, mkcd 2; pair 2 fitnet 1
+    assert "| `fitnet` | 1 | 1 | 1.0 | 2 |" in text and "| `mkcd` | 2 | 2 | 2.0 | 0 |" in text
+    assert "`ab`" not in text and "among the 3 methods all 2 pairs ran" in text
+    # pair 2: mkcd - fitnet per seed = +1, -1, -2 -> -0.67, 1/3 seeds
+    assert "| `t2` -> `s2` | 74.33 ± 0.00 | -0.67 vs `fitnet` (1/3 seeds) | 0 | 1.0 (1.0) |" in text
+    assert "| `t1` -> `s1` | 87.00 ± 0.00 | +0.00 vs `fitnet` (2/3 seeds) | 4,560 | 1.5 (1.0) |" in text
+
+
+def test_round_two_suites_share_their_cells_and_keep_each_pairs_teacher():
+    import benchmark_accuracy
+
+    suites = {
+        n: benchmark_accuracy.load_suite(os.path.join(ROOT, "suites", f"mkcd_round2_{n}.yaml"))
+        for n in ("resnet", "wrn", "cross")
+    }
+    teachers = {n: s["teacher"]["model_name_or_path"] for n, s in suites.items()}
+    assert teachers == {"resnet": "cifar_resnet56", "wrn": "cifar_wrn_40_2", "cross": "cifar_vgg13"}
+    assert suites["cross"]["training"]["learning_rate"] == 0.01  # the pair's own settings survive the shared cells
+    cells = [[c["name"] for c in benchmark_accuracy.expand_cells(s)] for s in suites.values()]
+    assert cells[0] == cells[1] == cells[2] and cells[0][0] == "round1"
+    for n, s in suites.items():
+        assert (s["name"], s["report"], s["baseline"]) == (f"mkcd_round2_{n}", "validation", "round1")
+
+
 def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path, monkeypatch):
     """scripts/benchmark_speed.py end to end on tiny models (no kd among the methods: the reference-loop line
     must not need it); the written ratios are the measured times over the floor measured in the same rounds."""

@@ -13,8 +13,14 @@ ahead of a constant T = 4, of a cosine rise and of dropping the KD term on every
 (at weight 1 the feature term was the smallest of the three; 10 and 20 scored alike, 5 and 50 lower).
 """
 
+import torch.nn.functional as F
+
+from ..features import probe_shapes
+from ..models.projectors import EncoderDecoderProjector
 from .base import Distiller, register_distiller
 from .losses import feature_mse, kd_loss
+
+FEATURE_NORMS = ("none", "energy")
 
 
 @register_distiller("mkcd")
@@ -42,11 +48,36 @@ class MKCD(Distiller):
     heads = ("teacher", "student")  # the student's own head is an ablation point
     uses_temperature = True
     temperature_schedule = "linear_rising"  # from --temperature_min (1) to --temperature_max (8)
-    defaults = {"feat_weight": 10.0, "kd_weight": 1.0, "ce_weight": 1.0}
+    defaults = {"feat_weight": 10.0, "kd_weight": 1.0, "ce_weight": 1.0, "feat_norm": "none", "mid_weight": 0.0}
+
+    def __init__(self, pair=None, temperature=None, **hparams):
+        super().__init__(pair, temperature, **hparams)
+        if self.hparams["feat_norm"] not in FEATURE_NORMS:
+            raise ValueError(f"mkcd: feat_norm {self.hparams['feat_norm']!r}; choose one of {FEATURE_NORMS}")
+        # the second knowledge term: the stage before the last, through its own (training-only) projector
+        self.mid_projector = None
+        if self.hparams["mid_weight"]:
+            if pair is None:
+                raise ValueError("mkcd: mid_weight builds a projector from the pair's stage maps: pass pair=Pair(...)")
+            s_shapes, t_shapes = probe_shapes(pair.student, pair.teacher, {"stages"}, {"stages"})
+            self.mid_projector = EncoderDecoderProjector(s_shapes["stages"][-2], t_shapes["stages"][-2])
+            self.student_needs = self.student_needs | {"stages"}
+            self.teacher_needs = self.teacher_needs | {"stages"}
+
+    def feature_loss(self, student_map, teacher_map):
+        """MSE, or with ``feat_norm="energy"`` the MSE over the teacher map's mean square: a relative error, the
+        same number for a teacher whose features are c times larger (and a student that follows)."""
+        if self.hparams["feat_norm"] == "energy":
+            teacher_map = teacher_map.float()
+            return F.mse_loss(student_map.float(), teacher_map) / teacher_map.pow(2).mean().clamp_min(1e-12)
+        return feature_mse(student_map, teacher_map)
 
     def forward(self, student, teacher, batch, step):
         h = self.hparams
-        terms = {"loss_feat": h["feat_weight"] * feature_mse(student["projected"], teacher["features_aligned"])}
+        terms = {"loss_feat": h["feat_weight"] * self.feature_loss(student["projected"], teacher["features_aligned"])}
+        if self.mid_projector is not None:
+            mid_t = self.mid_projector.align_teacher(teacher["stages"][-2])
+            terms["loss_mid"] = h["mid_weight"] * self.feature_loss(self.mid_projector(student["stages"][-2]), mid_t)
         if h["kd_weight"]:
             terms["loss_kd"] = h["kd_weight"] * kd_loss(student["logits"], teacher["logits"], step.temperature)
         if h["ce_weight"]:

@@ -1,0 +1,79 @@
+"""MKCD's round-two options (docs/mkcd.md): the scale-free feature loss and the mid-level knowledge term."""
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from conftest import tiny_args, tiny_data, tiny_student
+from hf_mkcd import DistillationTrainer
+from hf_mkcd.distillers import Step, get_distiller_class
+
+
+@pytest.fixture(scope="module")
+def data():
+    return tiny_data(n_train=48)
+
+
+def _terms(mkcd, f_s, f_t):
+    z = torch.zeros(f_s.shape[0], 5)
+    return mkcd(
+        {"logits": z, "projected": f_s},
+        {"logits": z, "features_aligned": f_t},
+        {"labels": torch.zeros(f_s.shape[0], dtype=torch.long)},
+        Step(temperature=4.0),
+    )
+
+
+def test_energy_norm_by_hand_and_free_of_the_teachers_scale():
+    rng = np.random.default_rng(0)
+    f_s, f_t = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
+    mkcd = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0, feat_norm="energy")
+    got = _terms(mkcd, torch.tensor(f_s), torch.tensor(f_t))["loss_feat"].item()
+    assert got == pytest.approx(3.0 * np.mean((f_s - f_t) ** 2) / np.mean(f_t**2), rel=1e-6)
+    # a teacher 100x larger, followed by the student: the same loss (plain MSE grows 10,000x)
+    scaled = _terms(mkcd, torch.tensor(100 * f_s), torch.tensor(100 * f_t))["loss_feat"].item()
+    assert scaled == pytest.approx(got, rel=1e-5)
+    plain = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0)
+    assert _terms(plain, torch.tensor(100 * f_s), torch.tensor(100 * f_t))["loss_feat"].item() == pytest.approx(
+        1e4 * _terms(plain, torch.tensor(f_s), torch.tensor(f_t))["loss_feat"].item(), rel=1e-6
+    )
+
+
+def test_unknown_feat_norm_is_refused_by_name():
+    with pytest.raises(ValueError, match="feat_norm 'l2'; choose one of"):
+        get_distiller_class("mkcd")(feat_norm="l2")
+
+
+def test_mid_term_needs_the_pair():
+    with pytest.raises(ValueError, match="mid_weight builds a projector"):
+        get_distiller_class("mkcd")(mid_weight=1.0)
+
+
+@pytest.mark.parametrize("teacher_name", ["cifar_wrn_16_2", "cifar_vgg8"])
+def test_mid_term_trains_its_projector_across_shapes(teacher_name, data, tmp_path):
+    """The mid-level term on a pair whose stage maps differ in channels (and, for VGG, family): the distiller's own
+    projector and the student learn, the teacher stays as it is, and the teacher runs every step (stage maps are
+    not cached) -- the cost the docs weigh."""
+    torch.manual_seed(0)
+    teacher = timm.create_model(teacher_name, in_chans=1, num_classes=10).eval()
+    before_t = {k: v.clone() for k, v in teacher.state_dict().items()}
+    student = tiny_student(teacher, "mkcd", data)
+    cache = str(tmp_path / "cache")
+    trainer = DistillationTrainer(
+        model=student,
+        teacher_model=teacher,
+        args=tiny_args(tmp_path, method="mkcd", max_steps=3, distiller_kwargs={"mid_weight": 1.0}, teacher_cache=cache),
+        train_dataset=data.train,
+    )
+    assert "stages" in trainer.distiller.teacher_needs and trainer.teacher_cache is None
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.train()
+    logs = [e for e in trainer.state.log_history if "loss_mid" in e]
+    assert len(logs) == 3 and all(np.isfinite(e["loss_mid"]) and e["loss_mid"] > 0 for e in logs)
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    assert any(n.startswith("distiller.mid_projector.") for n in moved)
+    assert any(n.startswith("student.backbone.") for n in moved)
+    assert not any(n.startswith("student.classifier.") for n in moved)  # the reused teacher head stays frozen
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v, before_t[k]), k
