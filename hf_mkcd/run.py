@@ -87,6 +87,13 @@ class ModelArguments:
             "differ), starting at zero."
         },
     )
+    projector_resample: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "mkcd projector, 2x size ratios: learned (strided / transposed convs) or pool (the larger map "
+            "is pooled to the smaller, as every other ratio)."
+        },
+    )
     skip_teacher_check: bool = field(
         default=False,
         metadata={
@@ -107,6 +114,7 @@ class ModelArguments:
             "latent_ratio": self.projector_latent_ratio,
             "skip": self.projector_skip,
             "residual": self.projector_residual,
+            "resample": self.projector_resample,
         }
         return {k: v for k, v in given.items() if v is not None}
 

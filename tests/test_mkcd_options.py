@@ -77,3 +77,37 @@ def test_mid_term_trains_its_projector_across_shapes(teacher_name, data, tmp_pat
     assert not any(n.startswith("student.classifier.") for n in moved)  # the reused teacher head stays frozen
     for k, v in teacher.state_dict().items():
         assert torch.equal(v, before_t[k]), k
+
+
+def test_pool_resampling_never_invents_detail_the_student_map_lacks():
+    """A 1x1 student map against a 2x2 teacher map (vgg13 -> mobilenetv2 at 16x16): ``learned`` upsamples by a
+    transposed conv, ``pool`` pools the teacher's map to 1x1 -- which is all the teacher's head reads, since it
+    global-pools -- and the teacher's logits are unchanged by that pooling."""
+    from hf_mkcd.models.projectors import build_projector
+
+    learned = build_projector("mkcd", (1280, 1, 1), (512, 2, 2))
+    pooled = build_projector("mkcd", (1280, 1, 1), (512, 2, 2), resample="pool")
+    assert (learned.plan, learned.output_size) == ("up2", (2, 2))
+    assert (pooled.plan, pooled.output_size) == ("pool", (1, 1))
+    f_t = torch.randn(3, 512, 2, 2)
+    assert torch.allclose(pooled.align_teacher(f_t), f_t.mean((2, 3), keepdim=True))
+    assert pooled(torch.randn(3, 1280, 1, 1)).shape == (3, 512, 1, 1)
+    same = build_projector("mkcd", (64, 4, 4), (64, 4, 4), resample="pool")  # equal sizes: nothing to resample
+    assert same.plan == "same"
+    with pytest.raises(ValueError, match="resample 'bilinear'; choose 'learned' or 'pool'"):
+        build_projector("mkcd", (64, 4, 4), (64, 4, 4), resample="bilinear")
+
+
+def test_mid_projector_is_built_like_the_students(data):
+    from hf_mkcd.distillers import Pair
+    from hf_mkcd.features import probe_shapes
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cifar_wrn_16_2", in_chans=1, num_classes=10).eval()
+    student = tiny_student(teacher, "mkcd", data)
+    student.config.projector_kwargs = {"factor": 2, "resample": "pool"}
+    s, t = probe_shapes(student, teacher, {"logits", "projected"}, {"logits", "features"})
+    mkcd = get_distiller_class("mkcd")(Pair(student, teacher, s, t), mid_weight=1.0)
+    assert mkcd.mid_projector.learned_resampling is False
+    # the teacher map of the stage before the last: wrn_16_2 widths 32, 64, 128 -> 64 channels, m = 64 / f = 32
+    assert mkcd.mid_projector.teacher_shape[0] == 64 and mkcd.mid_projector.encoder[0][0].out_channels == 32

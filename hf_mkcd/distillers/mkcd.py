@@ -60,7 +60,10 @@ class MKCD(Distiller):
             if pair is None:
                 raise ValueError("mkcd: mid_weight builds a projector from the pair's stage maps: pass pair=Pair(...)")
             s_shapes, t_shapes = probe_shapes(pair.student, pair.teacher, {"stages"}, {"stages"})
-            self.mid_projector = EncoderDecoderProjector(s_shapes["stages"][-2], t_shapes["stages"][-2])
+            # built like the student's own projector where that is MKCD's (width, shortcut, resampling, output)
+            cfg = pair.student.config
+            options = dict(cfg.projector_kwargs or {}) if cfg.projector == "mkcd" else {}
+            self.mid_projector = EncoderDecoderProjector(s_shapes["stages"][-2], t_shapes["stages"][-2], **options)
             self.student_needs = self.student_needs | {"stages"}
             self.teacher_needs = self.teacher_needs | {"stages"}
 

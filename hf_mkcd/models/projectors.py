@@ -102,8 +102,9 @@ class EncoderDecoderProjector(FeatureProjector):
     final activation). ``residual=True`` makes the encoder-decoder a correction on top of a shortcut
     that is the identity wherever the two maps have the same channels (else a 1x1 conv + BN), with
     the decoder's last BN starting at zero: the projector starts as the shortcut and learns what the
-    student's map lacks (zero-init residual branches, as in Goyal et al., 2017). ``out_act="relu"``
-    matches teachers whose pre-pool map is post-ReLU (all of the CIFAR zoo); ``"none"`` for teachers
+    student's map lacks (zero-init residual branches, as in Goyal et al., 2017). ``resample="pool"`` pools the
+    larger map to the smaller for 2x ratios too, where ``"learned"`` resamples by strided (transposed) convs.
+    ``out_act="relu"`` matches teachers whose pre-pool map is post-ReLU (all of the CIFAR zoo); ``"none"`` for teachers
     ending in a norm (ConvNeXt, ...).
     """
 
@@ -118,7 +119,13 @@ class EncoderDecoderProjector(FeatureProjector):
         skip: bool = False,
         residual: bool = True,
         out_act: str = "relu",
+        resample: str = "learned",
     ):
+        if resample not in ("learned", "pool"):
+            raise ValueError(f"mkcd projector: resample {resample!r}; choose 'learned' or 'pool'")
+        # "pool": every size ratio pools the larger map to the smaller (SimKD's rule), so the projector never has
+        # to invent detail a smaller student map does not hold; the teacher's head pools its map anyway
+        self.learned_resampling = resample == "learned"
         super().__init__(student_shape, teacher_shape)
         c_s, c_t = self.student_shape[0], self.teacher_shape[0]
         m = c_t // factor
