@@ -72,7 +72,7 @@ def mkcd_settings() -> dict:
     """MKCD's recipe is its code defaults, written out (so the recipe cannot drift from the code)."""
     mkcd = get_distiller_class("mkcd")
     opts = projector_options(mkcd.projector)
-    weights = {k: v for k, v in mkcd.defaults.items() if k.endswith("_weight") and k != "logit_weight"}
+    weights = {k: v for k, v in mkcd.defaults.items() if k in ("ce_weight", "kd_weight", "feat_weight")}  # flags
     others = {k: v for k, v in mkcd.defaults.items() if k not in weights}
     return {
         "temperature_schedule": mkcd.temperature_schedule,
@@ -84,6 +84,7 @@ def mkcd_settings() -> dict:
         "projector_latent_ratio": opts["latent_ratio"],
         "projector_skip": opts["skip"],
         "projector_residual": opts["residual"],
+        "projector_resample": opts["resample"],
     }
 
 

@@ -31,7 +31,7 @@ def test_mkcd_terms_by_hand():
     f_s, f_t = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
     y = np.array([0, 3, 1, 4])
     T = 2.0
-    mkcd = get_distiller_class("mkcd")(feat_weight=2.0, kd_weight=0.5, ce_weight=0.25)
+    mkcd = get_distiller_class("mkcd")(feat_weight=2.0, kd_weight=0.5, ce_weight=0.25, feat_norm="none", mid_weight=0.0)
     terms = mkcd(
         {"logits": torch.tensor(z_s), "projected": torch.tensor(f_s)},
         {"logits": torch.tensor(z_t), "features_aligned": torch.tensor(f_t)},

@@ -28,13 +28,13 @@ def _terms(mkcd, f_s, f_t):
 def test_energy_norm_by_hand_and_free_of_the_teachers_scale():
     rng = np.random.default_rng(0)
     f_s, f_t = rng.normal(size=(4, 3, 2, 2)), rng.normal(size=(4, 3, 2, 2))
-    mkcd = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0, feat_norm="energy")
+    mkcd = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0, feat_norm="energy", mid_weight=0)
     got = _terms(mkcd, torch.tensor(f_s), torch.tensor(f_t))["loss_feat"].item()
     assert got == pytest.approx(3.0 * np.mean((f_s - f_t) ** 2) / np.mean(f_t**2), rel=1e-6)
     # a teacher 100x larger, followed by the student: the same loss (plain MSE grows 10,000x)
     scaled = _terms(mkcd, torch.tensor(100 * f_s), torch.tensor(100 * f_t))["loss_feat"].item()
     assert scaled == pytest.approx(got, rel=1e-5)
-    plain = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0)
+    plain = get_distiller_class("mkcd")(feat_weight=3.0, kd_weight=0.0, ce_weight=0.0, feat_norm="none", mid_weight=0)
     assert _terms(plain, torch.tensor(100 * f_s), torch.tensor(100 * f_t))["loss_feat"].item() == pytest.approx(
         1e4 * _terms(plain, torch.tensor(f_s), torch.tensor(f_t))["loss_feat"].item(), rel=1e-6
     )
@@ -42,7 +42,7 @@ def test_energy_norm_by_hand_and_free_of_the_teachers_scale():
 
 def test_unknown_feat_norm_is_refused_by_name():
     with pytest.raises(ValueError, match="feat_norm 'l2'; choose one of"):
-        get_distiller_class("mkcd")(feat_norm="l2")
+        get_distiller_class("mkcd")(feat_norm="l2", mid_weight=0)
 
 
 def test_mid_term_needs_the_pair():

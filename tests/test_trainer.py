@@ -29,10 +29,13 @@ def test_mkcd_few_steps_trains_exactly_the_student(data, tmp_path):
         train_dataset=data.train,
         eval_dataset=data.eval,
     )
-    # the optimizer holds the student's backbone and projector, nothing of the teacher or the frozen head
+    # the optimizer holds the student's backbone and projector and the training-only mid-level projector, nothing
+    # of the teacher or the frozen head
     trainer.create_optimizer()
     in_opt = {id(p) for g in trainer.optimizer.param_groups for p in g["params"]}
-    assert in_opt == {id(p) for p in student.parameters()}
+    mid = trainer.distiller.mid_projector
+    assert {n for n, _ in trainer.distiller.named_parameters()} == {f"mid_projector.{n}" for n, _ in mid.named_parameters()}
+    assert in_opt == {id(p) for p in student.parameters()} | {id(p) for p in mid.parameters()}
     assert not in_opt & {id(p) for p in teacher.parameters()}
     trainer.train()
     for k, v in teacher.state_dict().items():  # weights and BN statistics untouched
@@ -47,13 +50,15 @@ def test_mkcd_few_steps_trains_exactly_the_student(data, tmp_path):
     logs = [entry for entry in trainer.state.log_history if "loss" in entry]
     assert len(logs) == 3
     for entry in logs:
-        assert {"loss_feat", "loss_kd", "loss_ce", "temperature"} <= set(entry)
-        assert entry["loss"] == pytest.approx(entry["loss_feat"] + entry["loss_kd"] + entry["loss_ce"], rel=1e-4)
+        assert {"loss_feat", "loss_mid", "loss_kd", "loss_ce", "temperature"} <= set(entry)
+        terms = entry["loss_feat"] + entry["loss_mid"] + entry["loss_kd"] + entry["loss_ce"]
+        assert entry["loss"] == pytest.approx(terms, rel=1e-4)
     metrics = trainer.evaluate()
     assert {"eval_top1", "eval_top5", "eval_accuracy"} <= set(metrics)
     trainer.save_model(str(tmp_path / "final"))
     files = set(os.listdir(tmp_path / "final"))
-    assert "model.safetensors" in files and "distiller.safetensors" not in files  # mkcd keeps no extra state
+    # the mid-level projector is training state: saved beside the model (for a resume), not inside it
+    assert "model.safetensors" in files and "distiller.safetensors" in files
     loaded = AutoModelForImageClassification.from_pretrained(tmp_path / "final").eval()
     student.eval()
     x = data.eval[0]["pixel_values"][None]
