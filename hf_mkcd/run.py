@@ -90,8 +90,8 @@ class ModelArguments:
     projector_resample: Optional[str] = field(
         default=None,
         metadata={
-            "help": "mkcd projector, 2x size ratios: learned (strided / transposed convs) or pool (the larger map "
-            "is pooled to the smaller, as every other ratio)."
+            "help": "mkcd projector, 2x size ratios: pool (the default: the larger map is pooled to the smaller, as "
+            "for every other ratio) or learned (strided / transposed convs)."
         },
     )
     skip_teacher_check: bool = field(

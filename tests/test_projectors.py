@@ -40,11 +40,14 @@ def test_projector_maps_student_map_onto_teacher_map(teacher, student, kind):
     assert aligned.shape == y.shape
 
 
-def test_mkcd_learns_2x_resampling_simkd_pools():
-    up = EncoderDecoderProjector((1024, 4, 4), (256, 8, 8))  # shufflev2 -> resnet32x4
+def test_mkcd_learns_2x_resampling_only_when_asked_simkd_pools():
+    up = EncoderDecoderProjector((1024, 4, 4), (256, 8, 8), resample="learned")  # shufflev2 -> resnet32x4
     assert up.plan == "up2" and up(torch.randn(1, 1024, 4, 4)).shape == (1, 256, 8, 8)
-    down = EncoderDecoderProjector((512, 4, 4), (1280, 2, 2))  # vgg8-like -> mobilenetv2
+    down = EncoderDecoderProjector((512, 4, 4), (1280, 2, 2), resample="learned")  # vgg8-like -> mobilenetv2
     assert down.plan == "down2" and down.encoder[1][0].stride == (2, 2)
+    pooled = EncoderDecoderProjector((1024, 4, 4), (256, 8, 8))  # the default pools the larger map, as SimKD
+    assert pooled.plan == "pool" and pooled(torch.randn(1, 1024, 4, 4)).shape == (1, 256, 4, 4)
+    assert pooled.encoder[1][0].stride == (1, 1)
     simkd = SimKDProjector((1024, 4, 4), (256, 8, 8))
     assert simkd.plan == "pool" and simkd.output_size == (4, 4)
     odd = EncoderDecoderProjector((64, 8, 8), (64, 3, 3))  # no 2x relation: pool the larger map
@@ -119,8 +122,13 @@ def test_residual_encoder_decoder_starts_as_its_shortcut(tmp_path):
     again = MKCDStudentForImageClassification.from_pretrained(tmp_path / "s")
     for k, v in student.state_dict().items():
         assert torch.equal(v, again.state_dict()[k]), k
-    wide = build_projector("mkcd", (32, 8, 8), (64, 4, 4), residual=True)  # other channels and size: learned shortcut
+    # other channels and size: a learned shortcut (after a 2x2 average pool where the resampling is learned; by
+    # default the input is pooled before the projector, so the shortcut has nothing to resample)
+    wide = build_projector("mkcd", (32, 8, 8), (64, 4, 4), residual=True, resample="learned")
     assert isinstance(wide.shortcut[0], torch.nn.AvgPool2d) and isinstance(wide.shortcut[1][0], torch.nn.Conv2d)
+    wide = build_projector("mkcd", (32, 8, 8), (64, 4, 4), residual=True)
+    assert isinstance(wide.shortcut[0], torch.nn.Identity) and isinstance(wide.shortcut[1][0], torch.nn.Conv2d)
+    assert wide(torch.randn(2, 32, 8, 8)).shape == (2, 64, 4, 4)
     with pytest.raises(ValueError, match="skip and residual are two forms of the same shortcut"):
         build_projector("mkcd", (64, 4, 4), (64, 4, 4), residual=True, skip=True)
     with pytest.raises(ValueError, match="projector 'srrl' takes no \\['factor'\\]"):

@@ -1,8 +1,9 @@
 """Feature projectors: map a student feature map (C_s, H_s, W_s) onto a teacher's (C_t, H_t, W_t).
 
 * ``mkcd``   - MKCD's encoder-decoder projector (our design, docs/mkcd.md): a compact latent between a
-               1x1+3x3 encoder and a 3x3+1x1 decoder; 2x size ratios are learned (stride-2 conv in
-               the encoder, stride-2 transposed conv in the decoder).
+               1x1+3x3 encoder and a 3x3+1x1 decoder; by default every size ratio pools the larger map to
+               the smaller, ``resample="learned"`` learns 2x ratios (stride-2 conv in the encoder, stride-2
+               transposed conv in the decoder).
 * ``simkd``  - SimKD's 1x1 -> 3x3 -> 1x1 bottleneck (Chen et al., CVPR 2022), faithful to
                ``DefangChen/SimKD`` ``models/util.py``.
 * ``fitnet`` - FitNet's ConvReg hint regressor (mdistiller ``_common.py``): conv sized from the
@@ -89,9 +90,9 @@ class FeatureProjector(nn.Module):
 class EncoderDecoderProjector(FeatureProjector):
     """MKCD's encoder-decoder projector (our design: docs/mkcd.md gives the ablation behind each default).
 
-    Defaults: residual, f = 4, r = 2. In the ablation, without the residual shortcut every squeeze of the latent
-    cost accuracy and an identity map beat every encoder-decoder; with it, widths from f=2 to f=8 scored alike,
-    so the lighter f=4 (a third of SimKD's parameters where the maps match).
+    Defaults: residual, f = 4, r = 2, pooled resampling. In the ablation, without the residual shortcut every
+    squeeze of the latent cost accuracy and an identity map beat every encoder-decoder; with it, widths from f=2
+    to f=8 scored alike, so the lighter f=4 (a third of SimKD's parameters where the maps match).
 
     encoder: 1x1 conv C_s->m, BN, ReLU; 3x3 conv m->m/r (stride 2 when the student map is twice the
              teacher's), BN, ReLU  -> a compact latent of m/r channels.
@@ -102,8 +103,10 @@ class EncoderDecoderProjector(FeatureProjector):
     final activation). ``residual=True`` makes the encoder-decoder a correction on top of a shortcut
     that is the identity wherever the two maps have the same channels (else a 1x1 conv + BN), with
     the decoder's last BN starting at zero: the projector starts as the shortcut and learns what the
-    student's map lacks (zero-init residual branches, as in Goyal et al., 2017). ``resample="pool"`` pools the
-    larger map to the smaller for 2x ratios too, where ``"learned"`` resamples by strided (transposed) convs.
+    student's map lacks (zero-init residual branches, as in Goyal et al., 2017). ``resample="pool"`` (the
+    default, round two of the ablation) pools the larger map to the smaller for 2x ratios too; ``"learned"``
+    resamples them by strided (transposed) convs, which on a 1x1 student map against a 2x2 teacher map has to
+    invent detail the student's map does not hold.
     ``out_act="relu"`` matches teachers whose pre-pool map is post-ReLU (all of the CIFAR zoo); ``"none"`` for teachers
     ending in a norm (ConvNeXt, ...).
     """
@@ -119,7 +122,7 @@ class EncoderDecoderProjector(FeatureProjector):
         skip: bool = False,
         residual: bool = True,
         out_act: str = "relu",
-        resample: str = "learned",
+        resample: str = "pool",
     ):
         if resample not in ("learned", "pool"):
             raise ValueError(f"mkcd projector: resample {resample!r}; choose 'learned' or 'pool'")
