@@ -102,6 +102,9 @@ def test_gradient_accumulation_equals_one_large_batch(data, tmp_path, method):
             lr_scheduler_type="constant",
             max_grad_norm=0.0,
             learning_rate=0.5,
+            # MKCD's default feature loss divides by the batch's teacher energy and its mid-level projector has BN:
+            # batch statistics both, which differ between one batch and two halves by design (as BN does)
+            distiller_kwargs={"feat_norm": "none", "mid_weight": 0.0} if method == "mkcd" else None,
         )
         DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=plain.train).train()
         params.append({k: v.clone() for k, v in student.named_parameters()})
