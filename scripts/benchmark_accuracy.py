@@ -566,7 +566,10 @@ def across_pairs(summaries: list, focus: str = "mkcd") -> str:
         if not r or not r.get("test"):
             continue
         best = sorted((x for x in rows.values() if x is not r and x.get("test")), key=lambda x: -x["test"]["mean"])
-        diffs = [a - b for a, b in zip(r["test"]["per_seed"], best[0]["test"]["per_seed"])] if best else []
+        diffs = []
+        if best:  # paired by seed, over the seeds both ran
+            other = dict(zip(best[0].get("seeds", []), best[0]["test"]["per_seed"]))
+            diffs = [v - other[s] for s, v in zip(r.get("seeds", []), r["test"]["per_seed"]) if s in other]
         gap = (
             f"{sum(diffs) / len(diffs):+.2f} vs `{best[0]['cell']}` ({sum(d > 0 for d in diffs)}/{len(diffs)} seeds)"
             if diffs

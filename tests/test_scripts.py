@@ -355,6 +355,7 @@ def test_best_other_and_across_pairs_by_hand():
 
     a = [row("none", [80, 80, 80]), row("fitnet", [88, 87, 86]), row("mkcd", [86, 88, 87], 1.5, 4560)]
     b = [row("none", [70, 70, 70]), row("fitnet", [75, 75, 75]), row("mkcd", [76, 74, 73]), row("ab", [90, 90, 90])]
+    b[1]["seeds"], b[1]["test"]["per_seed"] = [0, 1, 2], [75.0, 75.0, 75.0]
     benchmark_accuracy.add_best_other(a)
     # mkcd and fitnet tie at 87.0: sorted() is stable, fitnet (first in the table) leads; mkcd - fitnet = -2, +1, +1
     assert a[2]["test"]["vs_best_other"]["cell"] == "fitnet"
@@ -372,6 +373,10 @@ def test_best_other_and_across_pairs_by_hand():
     # pair 2: mkcd - fitnet per seed = +1, -1, -2 -> -0.67, 1/3 seeds
     assert "| `t2` -> `s2` | 74.33 ± 0.00 | -0.67 vs `fitnet` (1/3 seeds) | 0 | 1.0 (1.0) |" in text
     assert "| `t1` -> `s1` | 87.00 ± 0.00 | +0.00 vs `fitnet` (2/3 seeds) | 4,560 | 1.5 (1.0) |" in text
+    # a leader with fewer seeds is paired on the seeds both ran: fitnet on seed 1 only -> mkcd 74 - 75
+    b[1]["seeds"], b[1]["test"]["per_seed"] = [1], [75.0]
+    text = benchmark_accuracy.across_pairs(summaries)
+    assert "| `t2` -> `s2` | 74.33 ± 0.00 | -1.00 vs `fitnet` (0/1 seeds) |" in text
 
 
 def test_round_two_suites_share_their_cells_and_keep_each_pairs_teacher():
