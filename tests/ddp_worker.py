@@ -26,8 +26,12 @@ def main(output_dir, use_cpu, method="mkcd"):
     )
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
     trainer.train()
-    # student weights and the method's state (CRD's memory bank: updated from every rank's samples)
-    tensors = list(student.parameters()) + list(trainer.distiller.state_dict().values())
+    # student weights and the method's state (CRD's memory bank: updated from every rank's samples); BN running
+    # statistics (MKCD's mid-level projector has some) are each rank's own between DDP's buffer broadcasts, as the
+    # student's are, so neither is compared
+    bn_stats = ("running_mean", "running_var", "num_batches_tracked")
+    state = [t for k, t in trainer.distiller.state_dict().items() if not k.endswith(bn_stats)]
+    tensors = list(student.parameters()) + state
     checksum = sum(float(t.double().sum()) for t in tensors)
     sums = [None] * dist.get_world_size()
     dist.all_gather_object(sums, checksum)

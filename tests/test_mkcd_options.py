@@ -85,8 +85,8 @@ def test_pool_resampling_never_invents_detail_the_student_map_lacks():
     global-pools -- and the teacher's logits are unchanged by that pooling."""
     from hf_mkcd.models.projectors import build_projector
 
-    learned = build_projector("mkcd", (1280, 1, 1), (512, 2, 2))
-    pooled = build_projector("mkcd", (1280, 1, 1), (512, 2, 2), resample="pool")
+    learned = build_projector("mkcd", (1280, 1, 1), (512, 2, 2), resample="learned")
+    pooled = build_projector("mkcd", (1280, 1, 1), (512, 2, 2))  # the default
     assert (learned.plan, learned.output_size) == ("up2", (2, 2))
     assert (pooled.plan, pooled.output_size) == ("pool", (1, 1))
     f_t = torch.randn(3, 512, 2, 2)
