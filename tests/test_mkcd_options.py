@@ -111,3 +111,24 @@ def test_mid_projector_is_built_like_the_students(data):
     assert mkcd.mid_projector.learned_resampling is False
     # the teacher map of the stage before the last: wrn_16_2 widths 32, 64, 128 -> 64 channels, m = 64 / f = 32
     assert mkcd.mid_projector.teacher_shape[0] == 64 and mkcd.mid_projector.encoder[0][0].out_channels == 32
+
+
+def test_students_saved_before_resample_existed_keep_their_architecture(tmp_path):
+    """A student saved before ``resample`` existed was built with learned 2x resampling; its config has no such key
+    and must still load into that architecture, bit for bit. New students record the option."""
+    from hf_mkcd import MKCDStudentForImageClassification
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cifar_resnet32x4", in_chans=1, num_classes=10).eval()
+    new = MKCDStudentForImageClassification.from_teacher(teacher, "cifar_shufflev2", image_size=16)
+    assert new.config.projector_kwargs["resample"] == "pool" and new.projector.plan == "pool"
+    old = MKCDStudentForImageClassification.from_teacher(
+        teacher, "cifar_shufflev2", image_size=16, projector_kwargs={"resample": "learned"}
+    )
+    assert old.projector.plan == "up2"
+    del old.config.projector_kwargs["resample"]  # the config as written before the option existed
+    old.save_pretrained(tmp_path)
+    loaded = MKCDStudentForImageClassification.from_pretrained(tmp_path)
+    assert loaded.projector.plan == "up2"
+    for k, v in old.state_dict().items():
+        assert torch.equal(v, loaded.state_dict()[k]), k

@@ -80,11 +80,11 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             module._is_timm_module = True
         self.projector = None
         if config.projector is not None:
+            options = dict(config.projector_kwargs or {})
+            if config.projector == "mkcd":  # saved before `resample` existed: 2x ratios were resampled by convs then
+                options.setdefault("resample", "learned")
             self.projector = build_projector(
-                config.projector,
-                config.student_feature_shape,
-                config.teacher_feature_shape,
-                **(config.projector_kwargs or {}),
+                config.projector, config.student_feature_shape, config.teacher_feature_shape, **options
             )
         self.head_pool = self.classifier = None
         if not own_head:
@@ -193,6 +193,9 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         if projector is not None and "out_act" in projector_options(projector):
             # teacher maps that are post-ReLU (every CIFAR zoo model) get a final ReLU in the projector
             projector_kwargs.setdefault("out_act", "relu" if bool((f_t >= 0).all()) else "none")
+        if projector is not None and "resample" in projector_options(projector):
+            # recorded, so that a saved student keeps its architecture when the code's default changes
+            projector_kwargs.setdefault("resample", projector_options(projector)["resample"])
         shapes = (
             dict(student_feature_shape=list(f_s.shape[1:]), teacher_feature_shape=list(f_t.shape[1:]))
             if needs_maps
