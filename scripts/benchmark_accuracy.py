@@ -415,6 +415,12 @@ def summarize(suite: dict, out_dir: str) -> dict:
     return summary
 
 
+def paired_diffs(row: dict, other: dict, split: str) -> list:
+    """``row`` minus ``other`` on ``split``, seed by seed, over the seeds both ran."""
+    theirs = dict(zip(other["seeds"], other[split]["per_seed"]))
+    return [v - theirs[s] for s, v in zip(row["seeds"], row[split]["per_seed"]) if s in theirs]
+
+
 def add_best_other(rows: list) -> None:
     """Each row's paired difference (per seed) to the best *other* cell of its pair on each split: how far the
     leader is ahead, or how far a cell trails it."""
@@ -424,8 +430,7 @@ def add_best_other(rows: list) -> None:
             best = next((o for o in ranked if o is not r and o.get("pair") == r.get("pair")), None)
             if best is None:
                 continue
-            per_seed = {s: v for s, v in zip(best["seeds"], best[split]["per_seed"])}
-            diffs = [v - per_seed[s] for s, v in zip(r["seeds"], r[split]["per_seed"]) if s in per_seed]
+            diffs = paired_diffs(r, best, split)
             if diffs:
                 mean, std = _mean_std(diffs)
                 r[split]["vs_best_other"] = {
@@ -454,7 +459,7 @@ def standing(summary: dict, cell: str = "mkcd") -> list:
         ranked = sorted((r for r in rows.values() if r.get(split)), key=lambda r: -r[split]["mean"])
         rank = [r["cell"] for r in ranked].index(cell) + 1
         best = next(r for r in ranked if r["cell"] != cell)
-        diffs = [a - b for a, b in zip(rows[cell][split]["per_seed"], best[split]["per_seed"])]
+        diffs = paired_diffs(rows[cell], best, split)
         mean = sum(diffs) / len(diffs)
         parts.append(
             f"on {split}, `{cell}` ranks {rank} of {len(ranked)}; against the best other cell, `{best['cell']}`, "
@@ -566,10 +571,7 @@ def across_pairs(summaries: list, focus: str = "mkcd") -> str:
         if not r or not r.get("test"):
             continue
         best = sorted((x for x in rows.values() if x is not r and x.get("test")), key=lambda x: -x["test"]["mean"])
-        diffs = []
-        if best:  # paired by seed, over the seeds both ran
-            other = dict(zip(best[0].get("seeds", []), best[0]["test"]["per_seed"]))
-            diffs = [v - other[s] for s, v in zip(r.get("seeds", []), r["test"]["per_seed"]) if s in other]
+        diffs = paired_diffs(r, best[0], "test") if best else []
         gap = (
             f"{sum(diffs) / len(diffs):+.2f} vs `{best[0]['cell']}` ({sum(d > 0 for d in diffs)}/{len(diffs)} seeds)"
             if diffs

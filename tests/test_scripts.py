@@ -319,6 +319,7 @@ def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
     def row(cell, val, test):
         return {
             "cell": cell,
+            "seeds": [0, 1, 2],
             "validation": {"mean": sum(val) / 3, "per_seed": val},
             "test": {"mean": sum(test) / 3, "per_seed": test},
         }
@@ -339,6 +340,11 @@ def test_standing_ranks_mkcd_and_pairs_seeds_against_the_best_other_cell():
     # test: mkcd 86.33 > fitnet 86.0 -> rank 1; per seed -1, +1, +1 -> +0.33, 2/3 better
     assert "on test, `mkcd` ranks 1 of 3; against the best other cell, `fitnet`, +0.33 points (paired, 2/3" in line
     assert benchmark_accuracy.standing({**summary, "report": "validation"}) == []  # ablations: no test reading
+    # a leader that ran fewer seeds is paired on the seeds both ran: fitnet on seed 1 only (85) -> mkcd 87 - 85
+    # (pairing by position would take mkcd's seed 0, 86)
+    summary["rows"][1] = {**row("fitnet", [88, 87, 86], [87, 86, 85]), "seeds": [1]}
+    summary["rows"][1]["test"]["per_seed"] = [85]
+    assert "against the best other cell, `fitnet`, +2.00 points (paired, 1/1" in benchmark_accuracy.standing(summary)[0]
 
 
 def test_best_other_and_across_pairs_by_hand():
