@@ -29,6 +29,13 @@ def feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) ->
     return F.mse_loss(student_feature.float(), teacher_feature.float())
 
 
+def relative_feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor) -> torch.Tensor:
+    """The MSE over the teacher map's mean square in the batch: a relative error, the same number for a teacher
+    whose features are c times larger (and a student that follows)."""
+    teacher_feature = teacher_feature.float()
+    return F.mse_loss(student_feature.float(), teacher_feature) / teacher_feature.pow(2).mean().clamp_min(1e-12)
+
+
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """mdistiller's ``min(epoch / warmup, 1)`` with the whole, 1-based epoch in progress (DKD, ReviewKD)."""
     return min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0

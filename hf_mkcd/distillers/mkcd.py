@@ -18,12 +18,10 @@ term at weights 20 and 20, KD 1, CE 1 (round two, three proxy pairs: the best me
 them; weight 20 on the relative error is round one's weight 10 on the first pair's plain MSE).
 """
 
-import torch.nn.functional as F
-
 from ..features import probe_shapes
 from ..models.projectors import EncoderDecoderProjector
 from .base import Distiller, register_distiller
-from .losses import feature_mse, kd_loss
+from .losses import feature_mse, kd_loss, relative_feature_mse
 
 FEATURE_NORMS = ("none", "energy")
 
@@ -73,12 +71,8 @@ class MKCD(Distiller):
             self.teacher_needs = self.teacher_needs | {"stages"}
 
     def feature_loss(self, student_map, teacher_map):
-        """MSE, or with ``feat_norm="energy"`` the MSE over the teacher map's mean square: a relative error, the
-        same number for a teacher whose features are c times larger (and a student that follows)."""
-        if self.hparams["feat_norm"] == "energy":
-            teacher_map = teacher_map.float()
-            return F.mse_loss(student_map.float(), teacher_map) / teacher_map.pow(2).mean().clamp_min(1e-12)
-        return feature_mse(student_map, teacher_map)
+        loss = relative_feature_mse if self.hparams["feat_norm"] == "energy" else feature_mse
+        return loss(student_map, teacher_map)
 
     def forward(self, student, teacher, batch, step):
         h = self.hparams
