@@ -24,7 +24,8 @@ override earlier ones), ``seeds``,
 ``model_name_or_path``, ``max_train_samples``), ``training`` (DistillationTrainingArguments), ``teacher_cache``
 (true: one teacher-output cache per data pipeline, under ``work_dir``), ``baseline`` (the cell every other is
 compared with, default ``none``), ``report`` (``test`` or ``validation``), ``published`` (a YAML of published
-numbers shown beside ours), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a ``recipe`` pattern
+numbers shown beside ours), ``omit_cells`` (names of a base suite's cells this suite leaves out, e.g. cells that
+equal another one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a ``recipe`` pattern
 such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
 """
 
@@ -86,8 +87,11 @@ def expand_cells(suite: dict) -> list:
                         "args": dict(m.get("args") or {}),
                     }
                 )
+    omitted = set(suite.get("omit_cells") or [])
     for cell in suite.get("cells") or []:
         cell = dict(cell)
+        if cell.get("name", cell["method"]) in omitted:
+            continue
         args = {k: v for k, v in cell.items() if k not in ("name", "method", "recipe", "note")}
         cells.append(
             {

@@ -395,8 +395,11 @@ def test_round_two_suites_share_their_cells_and_keep_each_pairs_teacher():
     teachers = {n: s["teacher"]["model_name_or_path"] for n, s in suites.items()}
     assert teachers == {"resnet": "cifar_resnet56", "wrn": "cifar_wrn_40_2", "cross": "cifar_vgg13"}
     assert suites["cross"]["training"]["learning_rate"] == 0.01  # the pair's own settings survive the shared cells
-    cells = [[c["name"] for c in benchmark_accuracy.expand_cells(s)] for s in suites.values()]
-    assert cells[0] == cells[1] == cells[2] and cells[0][0] == "round1"
+    cells = {n: [c["name"] for c in benchmark_accuracy.expand_cells(s)] for n, s in suites.items()}
+    # the cells written for the cross-family pair's maps of different sizes are left out where the sizes agree
+    cross_only = ["energy_pool", "energy_mid_pool", "energy_mid_nofeat"]
+    assert cells["resnet"] == cells["wrn"] == [c for c in cells["cross"] if c not in cross_only]
+    assert cells["resnet"][0] == "round1" and set(cross_only) <= set(cells["cross"])
     for n, s in suites.items():
         assert (s["name"], s["report"], s["baseline"]) == (f"mkcd_round2_{n}", "validation", "round1")
 
