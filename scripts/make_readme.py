@@ -12,6 +12,7 @@ a renderer below that reads one results file:
 * ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
 * ``hyperparameters`` each method's class (docs/methods.md)
 * ``jpeg_pipeline``   results/speed_jpeg_cpu.json (scripts/benchmark_speed.py --jpeg_only)
+* ``feature_match``   results/feature_match.json (scripts/feature_match.py)
 """
 
 import argparse
@@ -174,6 +175,14 @@ def jpeg_pipeline() -> str:
     )
 
 
+def feature_match() -> str:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import feature_match as fm
+
+    r = _load("results/feature_match.json")
+    return fm.markdown(r["rows"]) + f"\n`{r['command']}`\n"
+
+
 def hyperparameters() -> str:
     """Each method's hyper-parameters and defaults, read from its class (``hf_mkcd.distillers``)."""
     sys.path.insert(0, ROOT)
@@ -190,6 +199,7 @@ def hyperparameters() -> str:
 RENDERERS = {
     "across_pairs": across_pairs,
     "jpeg_pipeline": jpeg_pipeline,
+    "feature_match": feature_match,
     "quickstart": quickstart,
     "speed": speed,
     "projector_cost": projector_cost,

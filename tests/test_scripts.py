@@ -571,3 +571,31 @@ def test_a_suite_runs_cells_in_parallel_processes_and_records_throughput(tmp_pat
         assert record["flags"].get("learning_rate") == (0.01 if cell == "none_lr" else None)
     (run,) = json.loads((results / "parallel_fixture" / "throughput.json").read_text())
     assert run["parallel"] == 2 and run["cells"] == 2 and run["cells_per_hour"] > 0
+
+
+def test_feature_match_measures_a_reused_head_student_on_its_runs_own_images(teacher_dir, tmp_path):
+    """scripts/feature_match.py: the statistics against hand values, then a SimKD run end to end (the student's
+    top-1 there must be the run's own final evaluation: same images, same preprocessing), and a refusal."""
+    import feature_match
+
+    t = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # two images, two values each: mean square 7.5, variance 1
+    exact = feature_match.match_stats(t.clone(), t)
+    assert (exact["relative_error"], exact["r2"]) == (0.0, 1.0)
+    guess = feature_match.match_stats(t.mean(0, keepdim=True).expand_as(t), t)  # the constant guess
+    assert guess["relative_error"] == pytest.approx(1 / 7.5) and guess["mean_guess_error"] == pytest.approx(1 / 7.5)
+    assert guess["r2"] == pytest.approx(0.0, abs=1e-6)
+
+    common = ["--model_name_or_path", "cifar_resnet20", "--teacher_model_name_or_path", str(teacher_dir), *TINY]
+    distill.main(["--method", "simkd", "--output_dir", str(tmp_path / "simkd"), *common])
+    out = tmp_path / "fm.json"
+    assert feature_match.main([str(tmp_path / "simkd"), "--samples", "32", "--output_file", str(out)]) == 0
+    (row,) = json.loads(out.read_text())["rows"]
+    final = json.loads((tmp_path / "simkd" / "all_results.json").read_text())
+    assert row["images"] == 32 and row["method"] == "simkd"
+    assert row["student_top1"] == pytest.approx(100 * final["eval_top1"])
+    assert row["student_map"] == [64, 4, 4] and row["teacher_map"] == [64, 4, 4]
+    assert math.isfinite(row["r2"]) and row["relative_error"] > 0
+
+    distill.main(["--method", "kd", "--output_dir", str(tmp_path / "kd"), *common])
+    with pytest.raises(ValueError, match="reused-head methods"):
+        feature_match.measure(str(tmp_path / "kd"), samples=8)
