@@ -304,6 +304,23 @@ def build_student(
     )
 
 
+def prepare_teacher_data(data_args: DataArguments, teacher, views=()):
+    """The data as the teacher sees it (its channels, input size, normalisation and crop unless the flags say
+    otherwise), which the student shares: ``(data, image_size)``."""
+    cfg = getattr(teacher, "pretrained_cfg", None) or {}
+    image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
+    data = prepare_datasets(
+        data_args,
+        first_conv_in_channels(teacher),
+        image_size,
+        cfg.get("mean"),
+        cfg.get("std"),
+        views=views,
+        crop_pct=cfg.get("crop_pct"),
+    )
+    return data, image_size
+
+
 def build(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments):
     """Teacher, data, student and trainer, validated against each other: ``(trainer, data)``."""
     method = get_distiller_class(training_args.method)
@@ -312,17 +329,7 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         if model_args.teacher_model_name_or_path is None:
             raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
         teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
-        cfg = getattr(teacher, "pretrained_cfg", None) or {}
-        image_size = data_args.image_size or cfg.get("input_size", (3, 32, 32))[-1]
-        data = prepare_datasets(
-            data_args,
-            first_conv_in_channels(teacher),
-            image_size,
-            cfg.get("mean"),
-            cfg.get("std"),
-            views=method.views,
-            crop_pct=cfg.get("crop_pct"),
-        )
+        data, image_size = prepare_teacher_data(data_args, teacher, views=method.views)
         check_num_classes(
             **{
                 f"teacher {model_args.teacher_model_name_or_path!r}": teacher_linear_head(teacher).out_features,

@@ -50,9 +50,9 @@ def measure(run_dir: str, samples: int, batch_size: int = 250) -> dict:
     from transformers import AutoModelForImageClassification
 
     import hf_mkcd  # noqa: F401  (registers the student classes and the CIFAR zoo)
-    from hf_mkcd.data import prepare_datasets
-    from hf_mkcd.models.helpers import first_conv_in_channels, match_channels
     from hf_mkcd.loading import load_teacher
+    from hf_mkcd.models.helpers import first_conv_in_channels, match_channels
+    from hf_mkcd.run import prepare_teacher_data
 
     student = AutoModelForImageClassification.from_pretrained(run_dir).eval()
     cfg = student.config
@@ -64,15 +64,14 @@ def measure(run_dir: str, samples: int, batch_size: int = 250) -> dict:
     teacher = load_teacher(cfg.teacher)
     data_args, saved = run_data_args(run_dir)
     data_args.max_eval_samples = samples
-    tcfg = getattr(teacher, "pretrained_cfg", None) or {}
-    size = data_args.image_size or tcfg.get("input_size", (3, 32, 32))[-1]
-    data = prepare_datasets(data_args, first_conv_in_channels(teacher), size, tcfg.get("mean"), tcfg.get("std"))
+    data, _ = prepare_teacher_data(data_args, teacher)  # the run's own preprocessing (run.build)
+    t_chans = first_conv_in_channels(teacher)
     projected, aligned, right = [], [], dict(student=0, teacher=0, agree=0)
     for start in range(0, len(data.eval), batch_size):
         batch = data.eval[start : start + batch_size]
         x, y = torch.stack(list(batch["pixel_values"])), torch.as_tensor(batch["labels"])
         out = student(match_channels(x, cfg.num_channels), output_features=True)
-        f_t = teacher.forward_features(match_channels(x, first_conv_in_channels(teacher)))
+        f_t = teacher.forward_features(match_channels(x, t_chans))
         projected.append(out.projected_features)
         aligned.append(student.projector.align_teacher(f_t))  # the teacher's map as the training loss saw it
         s_pred, t_pred = out.logits.argmax(1), teacher.forward_head(f_t).argmax(1)
