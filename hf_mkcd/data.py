@@ -4,8 +4,9 @@
 * a Hub id (default ``uoft-cs/cifar100``): fails at once when offline, naming the offline choices;
 * a local ``save_to_disk`` directory, a parquet file / directory (``train-*.parquet``, ``test-*.parquet``),
   or an imagefolder directory;
-* ``fashion_mnist`` (Debian's ``/usr/share/datasets/fashion-mnist`` when installed, else the Hub copy) or
-  ``digits`` (scikit-learn's bundled 8x8 digits, split 80/20 with a fixed seed).
+* ``fashion_mnist`` (Debian's ``/usr/share/datasets/fashion-mnist`` when installed, else the Hub copy),
+  ``fashion_mnist_pairs`` (100 classes built from it: each image two items stacked, the class the ordered pair;
+  :func:`load_fashion_mnist_pairs`) or ``digits`` (scikit-learn's bundled 8x8 digits, split 80/20 with a fixed seed).
 
 The image and label columns are detected (an ``Image`` feature; a ``ClassLabel`` named ``label`` /
 ``fine_label`` / ``labels``, else the only one), or given with ``--image_column_name`` /
@@ -43,7 +44,7 @@ FASHION_MNIST_LABELS = [
     "Bag",
     "Ankle boot",
 ]
-OFFLINE_SOURCES = ("fashion_mnist", "digits")
+OFFLINE_SOURCES = ("fashion_mnist", "fashion_mnist_pairs", "digits")
 # per-dataset normalisation (mean, std) of the known sources; others are measured on training images
 KNOWN_STATS = {
     "uoft-cs/cifar100": ((0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)),
@@ -124,29 +125,76 @@ def _from_arrays(images: np.ndarray, labels: np.ndarray, names) -> Dataset:
     return Dataset.from_dict({"image": list(images), "label": labels.astype(np.int64)}, features=features)
 
 
+def _cached_on_disk(name: str, build) -> DatasetDict:
+    """``build()`` encoded once into the datasets cache, then read back from disk (atomic: a concurrent or
+    interrupted run never sees half a cache)."""
+    import datasets
+
+    cache = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_mkcd", name)
+    if not os.path.isfile(os.path.join(cache, "dataset_dict.json")):
+        tmp = f"{cache}.tmp{os.getpid()}"
+        build().save_to_disk(tmp)
+        os.makedirs(os.path.dirname(cache), exist_ok=True)
+        try:
+            os.replace(tmp, cache)
+        except OSError:
+            pass  # another process won the race; its copy is identical
+    return load_from_disk(cache)
+
+
+def _fashion_mnist_arrays() -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+    """Debian's Fashion-MNIST as ``{split: (uint8 images N x 28 x 28, labels N)}``."""
+    out = {}
+    for name, prefix in (("train", "train"), ("test", "t10k")):
+        images = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
+        labels = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
+        out[name] = (images, labels)
+    return out
+
+
 def load_fashion_mnist() -> DatasetDict:
     """Debian's copy, encoded once into the datasets cache (16 s), then read back from disk."""
     if os.path.isdir(FASHION_MNIST_DIR):
-        import datasets
-
-        cache = os.path.join(datasets.config.HF_DATASETS_CACHE, "hf_mkcd", "fashion_mnist_debian")
-        if os.path.isfile(os.path.join(cache, "dataset_dict.json")):
-            return load_from_disk(cache)
-        split = {}
-        for name, prefix in (("train", "train"), ("test", "t10k")):
-            images = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-images-idx3-ubyte.gz"))
-            labels = _read_idx(os.path.join(FASHION_MNIST_DIR, f"{prefix}-labels-idx1-ubyte.gz"))
-            split[name] = _from_arrays(images, labels, FASHION_MNIST_LABELS)
-        ds = DatasetDict(split)
-        tmp = f"{cache}.tmp{os.getpid()}"
-        ds.save_to_disk(tmp)
-        os.makedirs(os.path.dirname(cache), exist_ok=True)
-        try:
-            os.replace(tmp, cache)  # atomic: a concurrent or interrupted run never sees half a cache
-        except OSError:
-            pass  # another process won the race; its copy is identical
-        return load_from_disk(cache)
+        return _cached_on_disk(
+            "fashion_mnist_debian",
+            lambda: DatasetDict(
+                {k: _from_arrays(x, y, FASHION_MNIST_LABELS) for k, (x, y) in _fashion_mnist_arrays().items()}
+            ),
+        )
     return _load_hub("zalando-datasets/fashion_mnist", None)
+
+
+PAIRS_SEED = 0
+
+
+def fashion_mnist_pair_names() -> list:
+    return [f"{top} over {bottom}" for top in FASHION_MNIST_LABELS for bottom in FASHION_MNIST_LABELS]
+
+
+def compose_pairs(images: np.ndarray, labels: np.ndarray, seed: int = PAIRS_SEED) -> Tuple[np.ndarray, np.ndarray]:
+    """Each item on top of a partner drawn without replacement from the same split: (N, 56, 28) images, class
+    ``10 * top + bottom``. Stacked, not side by side, so the horizontal flip of the CIFAR recipe keeps the class."""
+    partner = np.random.default_rng(seed).permutation(len(images))
+    return np.concatenate([images, images[partner]], axis=1), 10 * labels.astype(np.int64) + labels[partner]
+
+
+def load_fashion_mnist_pairs() -> DatasetDict:
+    """A 100-class data set from Fashion-MNIST's 70,000 real images, for a benchmark with CIFAR-100's class count
+    and about its images per class (600 train, 100 test): each image is two items stacked, the class the ordered
+    pair (``"Bag over Sneaker"``). A teacher's soft labels then carry what KD is made for: classes that share an
+    item are alike. Built once (seeded) into the datasets cache."""
+    if not os.path.isdir(FASHION_MNIST_DIR):
+        raise FileNotFoundError(
+            f"fashion_mnist_pairs is built from Debian's Fashion-MNIST, not found at {FASHION_MNIST_DIR}: "
+            "apt-get install dataset-fashion-mnist"
+        )
+    names = fashion_mnist_pair_names()
+    return _cached_on_disk(
+        f"fashion_mnist_pairs_seed{PAIRS_SEED}",
+        lambda: DatasetDict(
+            {k: _from_arrays(*compose_pairs(x, y), names) for k, (x, y) in _fashion_mnist_arrays().items()}
+        ),
+    )
 
 
 def load_digits_dataset(seed: int = 0) -> DatasetDict:
@@ -203,6 +251,8 @@ def load_image_dataset(name: str, config: Optional[str] = None, seed: int = 0) -
     name = os.path.expanduser(name)
     if name == "fashion_mnist":
         return load_fashion_mnist()
+    if name == "fashion_mnist_pairs":
+        return load_fashion_mnist_pairs()
     if name == "digits":
         return load_digits_dataset(seed)
     if os.path.exists(name):

@@ -195,10 +195,12 @@ def _mirror_budget(device) -> Optional[int]:
 
 
 def _to_device(outputs, device):
-    return {
-        k: (_to_device(v, device) if isinstance(v, dict) else v.to(device, non_blocking=True))
-        for k, v in outputs.items()
-    }
+    """Cached outputs (tensors, lists of stage maps, a view's dict of them) on ``device``."""
+    if isinstance(outputs, dict):
+        return {k: _to_device(v, device) for k, v in outputs.items()}
+    if isinstance(outputs, list):
+        return [_to_device(v, device) for v in outputs]
+    return outputs.to(device, non_blocking=True)
 
 
 def _tokens_to_map(tokens: torch.Tensor) -> torch.Tensor:

@@ -14,9 +14,11 @@ by ``scripts/cache_teacher.py``. Every student, method and seed that shares the 
 teacher shares the cache, and a resumed run reads what the interrupted one wrote.
 
 * What is cached: ``logits`` (float32: a cached run's losses are bit-identical to the uncached run's when
-  the teacher ran on batches of the same size), ``pooled`` and ``features`` (the pre-pool map) in
-  ``map_dtype`` (float16 by default: relative error about 1e-3). Methods that read stage maps run the
-  teacher as usual.
+  the teacher ran on batches of the same size), ``pooled``, ``features`` (the pre-pool map) and the stage maps
+  (``stages``, ``preact_stages``: one file per stage, ``main.stages.2.npy``) in ``map_dtype`` (float16 by default:
+  relative error about 1e-3), so a method that reads stage maps (FitNet, AT, SP, OFD, ReviewKD, AB, MKCD's
+  mid-level term) costs what KD costs once the cache is filled. The run plan states the size before the first step
+  and a cache the disk cannot hold is refused.
 * A row is read only when its ``filled`` flag is set, and the flag is written after the row: a run
   killed while writing leaves rows that are recomputed, never read half-written; directories are
   created under a temporary name and renamed.
@@ -42,7 +44,8 @@ from .run_dir import atomic_write_json
 
 logger = logging.getLogger("hf_mkcd")
 
-CACHEABLE = ("logits", "pooled", "features")
+CACHEABLE = ("logits", "pooled", "features", "stages", "preact_stages")
+LISTS = ("stages", "preact_stages")  # outputs that are lists of maps: one file per map
 FINGERPRINT_NAME = "fingerprint.json"
 CACHE_VERSION = 1
 
@@ -96,7 +99,10 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list:
 class TeacherCache:
     """Memory-mapped teacher outputs per (epoch, sample index). See the module docstring."""
 
-    def __init__(self, root: str, fingerprint: dict, map_dtype: str = "float16"):
+    def __init__(self, root: str, fingerprint: dict, map_dtype: str = "float16", shapes: Optional[dict] = None):
+        """``shapes``: the teacher's output shapes (``Pair.teacher_shapes``), which say how many stage maps there are;
+        needed only to cache stage maps."""
+        self._counts = {k: len(v) for k, v in (shapes or {}).items() if isinstance(v, list)}
         if map_dtype not in ("float16", "float32"):
             raise ValueError(f"teacher cache map_dtype must be float16 or float32, got {map_dtype!r}")
         self.root, self.fingerprint, self.map_dtype = root, fingerprint, map_dtype
@@ -125,6 +131,18 @@ class TeacherCache:
 
     def _dtype(self, key: str) -> str:
         return "float32" if key == "logits" else self.map_dtype
+
+    def _parts(self, key: str) -> list:
+        """The files one output is stored in: itself, or one per stage map (``stages.0``, ``stages.1``, ...)."""
+        if key not in LISTS:
+            return [key]
+        if key not in self._counts:
+            raise ValueError(f"caching {key!r} needs the teacher's stage shapes: TeacherCache(..., shapes=...)")
+        return [f"{key}.{i}" for i in range(self._counts[key])]
+
+    def _files(self, needs: Iterable[str], views: Iterable[str] = ()) -> list:
+        """Every (view, file key) that ``needs`` is stored in."""
+        return [(view, part) for view in ("main", *views) for key in needs for part in self._parts(key)]
 
     def _arrays(self, epoch: int, view: str, key: str, create_shape=None):
         """(values, filled) memmaps of one epoch/view/key; created (atomically) when ``create_shape`` is given."""
@@ -183,7 +201,7 @@ class TeacherCache:
         self._mirror = None
         if not self.complete(epoch, needs, views):
             return False, None
-        arrays = {(view, key): self._arrays(epoch, view, key)[0] for view in ("main", *views) for key in needs}
+        arrays = {(view, part): self._arrays(epoch, view, part)[0] for view, part in self._files(needs, views)}
         size = sum(a.nbytes for a in arrays.values())
         if budget_bytes is not None and size > budget_bytes:
             return False, size
@@ -200,7 +218,8 @@ class TeacherCache:
             for view in ("main", *views):
                 target = out if view == "main" else out.setdefault(view, {})
                 for key in needs:
-                    target[key] = m["tensors"][(view, key)].index_select(0, index).float()
+                    parts = [m["tensors"][(view, p)].index_select(0, index).float() for p in self._parts(key)]
+                    target[key] = parts if key in LISTS else parts[0]
             self.hits += len(index)
             return out
         idx = index.detach().cpu().numpy()
@@ -208,11 +227,14 @@ class TeacherCache:
         for view in ("main", *views):
             target = out if view == "main" else out.setdefault(view, {})
             for key in needs:
-                arrays = self._arrays(epoch, view, key)
-                if arrays is None or not arrays[1][idx].all():
-                    self.misses += len(idx)
-                    return None
-                target[key] = torch.from_numpy(np.asarray(arrays[0][idx], dtype=np.float32))
+                parts = []
+                for part in self._parts(key):
+                    arrays = self._arrays(epoch, view, part)
+                    if arrays is None or not arrays[1][idx].all():
+                        self.misses += len(idx)
+                        return None
+                    parts.append(torch.from_numpy(np.asarray(arrays[0][idx], dtype=np.float32)))
+                target[key] = parts if key in LISTS else parts[0]
         self.hits += len(idx)
         return out
 
@@ -223,18 +245,19 @@ class TeacherCache:
         for view in ("main", *views):
             source = outputs if view == "main" else outputs[view]
             for key in needs:
-                values = source[key].detach().float().cpu().numpy()
-                data, filled = self._arrays(epoch, view, key, create_shape=values.shape[1:])
-                data[idx] = values.astype(data.dtype)
-                filled[idx] = 1  # after the values: a flag never points at a half-written row
+                tensors = source[key] if key in LISTS else [source[key]]
+                for part, tensor in zip(self._parts(key), tensors, strict=True):
+                    values = tensor.detach().float().cpu().numpy()
+                    data, filled = self._arrays(epoch, view, part, create_shape=values.shape[1:])
+                    data[idx] = values.astype(data.dtype)
+                    filled[idx] = 1  # after the values: a flag never points at a half-written row
 
     def complete(self, epoch: int, needs: Iterable[str], views: Iterable[str] = ()) -> bool:
         """Every row of ``epoch`` written (reads only the flags)."""
-        for view in ("main", *views):
-            for key in needs:
-                arrays = self._arrays(epoch, view, key)
-                if arrays is None or not arrays[1].all():
-                    return False
+        for view, part in self._files(needs, views):
+            arrays = self._arrays(epoch, view, part)
+            if arrays is None or not arrays[1].all():
+                return False
         return True
 
     def flush(self) -> None:
@@ -244,16 +267,19 @@ class TeacherCache:
 
     # -- planning ----------------------------------------------------------------------------------
     def bytes_per_sample(self, shapes: Dict[str, tuple], needs: Iterable[str], views: Iterable[str] = ()) -> int:
-        per_view = sum(int(np.prod(shapes[k])) * np.dtype(self._dtype(k)).itemsize + 1 for k in needs)
+        per_view = sum(
+            int(np.prod(shape)) * np.dtype(self._dtype(k)).itemsize + 1
+            for k in needs
+            for shape in (shapes[k] if k in LISTS else [shapes[k]])
+        )
         return per_view * (1 + len(tuple(views)))
 
     def missing_epochs(self, epochs: Iterable[int], needs: Iterable[str], views: Iterable[str] = ()) -> list:
         missing = []
+        files = self._files(needs, views)
         for e in epochs:
-            for view in ("main", *views):
-                if any(not os.path.isfile(os.path.join(self._epoch_dir(e), f"{view}.{k}.filled.npy")) for k in needs):
-                    missing.append(e)
-                    break
+            if any(not os.path.isfile(os.path.join(self._epoch_dir(e), f"{v}.{k}.filled.npy")) for v, k in files):
+                missing.append(e)
         return missing
 
     def plan(self, epochs: int, shapes: Dict[str, tuple], needs: Iterable[str], views: Iterable[str] = ()) -> int:

@@ -50,7 +50,7 @@ from .callbacks import (
     RunPlanCallback,
     TeacherCacheCallback,
 )
-from .features import student_outputs
+from .features import probe_shapes, student_outputs
 from .models.helpers import first_conv_in_channels
 from .models.modeling_mkcd_student import MKCDStudentForImageClassification
 from .run_dir import DISTILLER_WEIGHTS_NAME, STAGING_PREFIX, checkpoint_problem, promote_staged
@@ -428,14 +428,18 @@ class DistillationTrainer(Trainer):
             f"{self.args.device.type}:{'bf16' if self.args.bf16 else 'fp16' if self.args.fp16 else 'fp32'}"
             f"{':channels_last' if self.args.channels_last else ''}"
         )
+        shapes = pair.teacher_shapes
+        if not set(distiller.teacher_needs) <= set(shapes):  # options of the built distiller added outputs (MKCD's)
+            shapes = probe_shapes(pair.student, pair.teacher, (), distiller.teacher_needs)[1]
         cache = TeacherCache(
             self.args.teacher_cache,
             cache_fingerprint(self.teacher, train_dataset, precision),
             self.args.teacher_cache_dtype,
+            shapes=shapes,
         )
         if self.args.should_save:
             epochs = self.args.num_train_epochs if self.args.max_steps <= 0 else 1
-            cache.plan(math.ceil(epochs), pair.teacher_shapes, distiller.teacher_needs, distiller.views)
+            cache.plan(math.ceil(epochs), shapes, distiller.teacher_needs, distiller.views)
         self.add_callback(TeacherCacheCallback(cache))
         return cache
 

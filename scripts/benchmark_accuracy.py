@@ -11,7 +11,9 @@ budget every cell gets, the seeds, and the cells: a method and any flags of scri
 validation curve, final validation and test metrics, time); finished ones are skipped, so an interrupted
 suite resumes where it stopped. The summary (``summary.json``, ``summary.md``, ``accuracy.png``,
 ``curves.png``) gives mean ± std over seeds, the paired difference to the vanilla student per seed, and
-time per cell.
+time per cell, and the suite's own validity: where its pair has published numbers, the rank agreement
+(Spearman rho, Kendall tau, over the methods both have) between its ranking and the published one; a suite
+whose rho is below 0.5 says, wherever it shows a ranking, that it does not predict the published benchmark.
 
 Model selection never reads the test split: ``data.validation_samples`` holds out a fixed, seeded part of
 the training split as the evaluation set, and ``data.test_split`` is evaluated once, after training, and only
@@ -24,9 +26,10 @@ override earlier ones), ``seeds``,
 ``model_name_or_path``, ``max_train_samples``), ``training`` (DistillationTrainingArguments), ``teacher_cache``
 (true: one teacher-output cache per data pipeline, under ``work_dir``), ``baseline`` (the cell every other is
 compared with, default ``none``), ``report`` (``test`` or ``validation``), ``published`` (a YAML of published
-numbers shown beside ours), ``omit_cells`` (names of a base suite's cells this suite leaves out, e.g. cells that
-equal another one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a ``recipe`` pattern
-such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
+numbers shown beside ours), ``published_pair`` (for a ``cells`` suite: the key of its teacher -> student pair
+in ``published``, e.g. ``resnet56_resnet20``), ``omit_cells`` (names of a base suite's cells this suite leaves
+out, e.g. cells that equal another one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a
+``recipe`` pattern such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
 """
 
 import argparse
@@ -47,6 +50,7 @@ from hf_mkcd.run import mapping_to_argv  # noqa: E402
 from hf_mkcd.run_dir import atomic_write_json  # noqa: E402
 
 ARG_FILE_KEYS = ("data", "student", "training")
+PREDICTIVE_RHO = 0.5  # below this rank agreement with the published table, a suite's ranking is its own regime's only
 
 
 # -- suites ---------------------------------------------------------------------------------------------
@@ -385,8 +389,9 @@ def summarize(suite: dict, out_dir: str) -> dict:
                     }
         row["minutes"] = _mean_std([results[(name, s)]["wall_minutes"] for s in seeds])[0]
         row["projector_params"] = results[(name, seeds[0])].get("projector_params")
-        if cell.get("pair"):
-            row["published"] = (published.get(cell["pair"]) or {}).get(cell["method"])
+        pub_pair = cell.get("pair") or suite.get("published_pair")
+        if pub_pair:
+            row["published"] = (published.get(pub_pair) or {}).get(cell["method"])
         rows.append(row)
         per_epoch = {}
         for s in seeds:
@@ -410,6 +415,7 @@ def summarize(suite: dict, out_dir: str) -> dict:
         "curves": curves,
         "command": f"python scripts/benchmark_accuracy.py suites/{suite['name']}.yaml",
         "complete": all((c["name"], s) in results for c in cells for s in suite["seeds"]),
+        "agreement": agreement(suite, rows, published),
     }
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -417,6 +423,74 @@ def summarize(suite: dict, out_dir: str) -> dict:
         f.write(markdown_summary(summary))
     plot(summary, out_dir)
     return summary
+
+
+def rank_agreement(ours: dict, published: dict) -> dict:
+    """Spearman rho and Kendall tau between ``ours`` and ``published`` (method -> top-1) over the methods both have
+    (the teacher's own number is not a method); None where fewer than three are shared."""
+    from scipy.stats import kendalltau, spearmanr
+
+    methods = sorted(m for m in ours if m != "teacher" and isinstance(published.get(m), (int, float)))
+    if len(methods) < 3:
+        return None
+    a, b = [ours[m] for m in methods], [published[m] for m in methods]
+    return {
+        "methods": methods,
+        "n": len(methods),
+        "spearman": float(spearmanr(a, b).statistic),
+        "kendall": float(kendalltau(a, b).statistic),
+    }
+
+
+def agreement(suite: dict, rows: list, published: dict) -> list:
+    """The suite's rank agreement with the published table, per pair that has one: on the mean of the reported
+    split, and seed by seed (how much of the agreement is seed noise). Only each method's own cell counts (the
+    cell named as the method), not its ablation variants."""
+    split = suite["report"]
+    pairs = {}
+    for r in rows:
+        pair = r.get("pair") or suite.get("published_pair")
+        if pair and published.get(pair) and r.get(split) and r["cell"] in (r["method"], f"{pair}/{r['method']}"):
+            pairs.setdefault(pair, []).append(r)
+    out = []
+    for pair, pair_rows in pairs.items():
+        found = rank_agreement({r["method"]: r[split]["mean"] for r in pair_rows}, published[pair])
+        if found is None:
+            continue
+        per_seed = []
+        for seed in suite["seeds"]:
+            ours = {r["method"]: v for r in pair_rows for s, v in zip(r["seeds"], r[split]["per_seed"]) if s == seed}
+            one = rank_agreement(ours, published[pair])
+            if one is not None and one["n"] == found["n"]:
+                per_seed.append(one["spearman"])
+        out.append({"pair": pair, "split": split, **found, "spearman_per_seed": per_seed})
+    return out
+
+
+def agreement_lines(summary: dict) -> list:
+    """What the rank agreement says about the suite, for the lines under its table."""
+    found = summary.get("agreement") or []
+    if not found:
+        return (
+            ["No published table for this suite's pair: how well its ranking predicts CIFAR-100 is not measured.", ""]
+            if summary.get("report") == "test"
+            else []
+        )
+    lines = []
+    for a in found:
+        seeds = a.get("spearman_per_seed") or []
+        spread = f"; per seed {', '.join(f'{v:.2f}' for v in seeds)}" if len(seeds) > 1 else ""
+        lines.append(
+            f"Rank agreement with the published CIFAR-100 table of `{a['pair']}` ({a['split']} means, {a['n']} "
+            f"methods): Spearman ρ = {a['spearman']:.2f}, Kendall τ = {a['kendall']:.2f}{spread}."
+            + (
+                f" **This ranking does not predict CIFAR-100 (ρ below {PREDICTIVE_RHO}): it measures this suite's "
+                "own regime only.**"
+                if a["spearman"] < PREDICTIVE_RHO
+                else ""
+            )
+        )
+    return lines + [""]
 
 
 def paired_diffs(row: dict, other: dict, split: str) -> list:
@@ -529,7 +603,7 @@ def markdown_summary(summary: dict) -> str:
             cells.append(f"{r['published']:.2f}" if isinstance(r.get("published"), (int, float)) else "–")
         lines.append("| " + " | ".join(cells) + " |")
     n = len(summary["seeds"])
-    lines += [""] + standing(summary)
+    lines += [""] + agreement_lines(summary) + standing(summary)
     lines.append(
         f"Mean ± std over {n} seeds (top-1 %, last epoch); Δ is the per-seed difference to the "
         f"`{summary['baseline']}` cell of the same seed. "
@@ -561,9 +635,16 @@ def across_pairs(summaries: list, focus: str = "mkcd") -> str:
             f"| `{c}` | " + " | ".join(map(str, ranks[c])) + f" | {sum(ranks[c]) / len(ranks[c]):.1f} | "
             f"{sum(r == 1 for r in ranks[c])} |"
         )
+    rhos = [
+        ", ".join(f"ρ = {a['spearman']:.2f} ({a['n']} methods)" for a in s.get("agreement") or []) or "not measured"
+        for s in summaries
+    ]
+    lines.append("| rank agreement with the published table | " + " | ".join(rhos) + " | | |")
     lines += [
         "",
-        f"Ranks by mean test top-1 over the seeds, among the {len(complete)} methods all {len(summaries)} pairs ran.",
+        f"Ranks by mean test top-1 over the seeds, among the {len(complete)} methods all {len(summaries)} pairs ran; "
+        f"the last row is each pair's Spearman ρ against its published CIFAR-100 ranking (below {PREDICTIVE_RHO}: "
+        "that pair's ranks do not predict CIFAR-100).",
         "",
         f"| pair | `{focus}` test top-1 | Δ vs the best other (paired) | projector params | min / run "
         "(vanilla student) |",

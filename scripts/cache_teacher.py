@@ -30,9 +30,7 @@ def main(argv=None):
     trainer, data = build(model_args, data_args, args)
     cache = trainer.teacher_cache
     if cache is None:
-        raise SystemExit(
-            f"method {args.method!r} reads teacher outputs that are not cached (stage maps): nothing to do"
-        )
+        raise SystemExit(f"method {args.method!r} reads nothing from a teacher: nothing to cache")
     distiller, transform = trainer.distiller, data.train.format["format_kwargs"]["transform"]
     epochs = int(-(-args.num_train_epochs // 1))
     loader = DataLoader(

@@ -215,6 +215,36 @@ def test_fashion_mnist_from_debian():
     assert np.array(ds["test"][0]["image"]).shape == (28, 28)
 
 
+def test_fashion_mnist_pairs_are_the_ordered_pair_of_two_stacked_items():
+    """The 100-class source: the class of each image is 10 x (top item's class) + (bottom item's), the top half is
+    that item's own pixels, and the CIFAR recipe's horizontal flip keeps the class (stacked, not side by side)."""
+    from hf_mkcd.data import compose_pairs, fashion_mnist_pair_names
+
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 256, size=(50, 28, 28), dtype=np.uint8)
+    labels = rng.integers(0, 10, size=50)
+    images, pairs = compose_pairs(items, labels, seed=3)
+    partner = np.random.default_rng(3).permutation(50)
+    # stacked rows, not columns: a horizontal flip mirrors each item in place and never swaps top and bottom
+    assert images.shape == (50, 56, 28) and np.array_equal(images[:, :28], items)
+    assert np.array_equal(images[:, 28:], items[partner])  # each item is used once as top, once as bottom
+    assert np.array_equal(pairs, 10 * labels + labels[partner])
+    names = fashion_mnist_pair_names()
+    assert len(names) == 100 and names[10 * 8 + 7] == "Bag over Sneaker"
+
+
+@pytest.mark.skipif(not os.path.isdir(FASHION_MNIST_DIR), reason="Debian's dataset-fashion-mnist is not installed")
+def test_fashion_mnist_pairs_from_debian():
+    ds = load_image_dataset("fashion_mnist_pairs")
+    fm = load_image_dataset("fashion_mnist")
+    assert (len(ds["train"]), len(ds["test"])) == (60000, 10000)
+    counts = np.bincount(ds["train"]["label"], minlength=100)
+    assert counts.min() > 450 and counts.max() < 750  # about 600 images per class, as CIFAR-100's 500
+    first = np.array(ds["test"][0]["image"])
+    assert first.shape == (56, 28) and np.array_equal(first[:28], np.array(fm["test"][0]["image"]))
+    assert ds["test"][0]["label"] // 10 == fm["test"][0]["label"]
+
+
 @pytest.mark.parametrize("kind", ["string", "int"])
 def test_plain_label_columns_are_encoded_the_same_in_every_split(tmp_path, kind):
     """A ``label`` column of strings (or plain integers) failed with "cannot tell the label column", then "is

@@ -599,3 +599,48 @@ def test_feature_match_measures_a_reused_head_student_on_its_runs_own_images(tea
     distill.main(["--method", "kd", "--output_dir", str(tmp_path / "kd"), *common])
     with pytest.raises(ValueError, match="reused-head methods"):
         feature_match.measure(str(tmp_path / "kd"), samples=8)
+
+
+def test_rank_agreement_with_the_published_table_by_hand():
+    """Spearman rho and Kendall tau over the methods both tables have (the teacher is not a method), per seed too;
+    a suite below rho 0.5 says that its ranking does not predict CIFAR-100."""
+    import benchmark_accuracy
+
+    published = {"teacher": 75.0, "none": 69.0, "kd": 70.6, "fitnet": 69.2, "dkd": 72.0, "crd": 71.2}
+    # ours: dkd > crd > kd > fitnet > none, the published order -> rho 1, tau 1
+    exact = benchmark_accuracy.rank_agreement({"none": 1, "kd": 3, "fitnet": 2, "dkd": 5, "crd": 4}, published)
+    assert exact["n"] == 5 and exact["spearman"] == pytest.approx(1.0) and exact["kendall"] == pytest.approx(1.0)
+    # fitnet first, dkd last (the low-data proxy's picture); mkcd has no published number and does not count.
+    # ranks ours (none 1, kd 3, fitnet 5, dkd 2, crd 4) vs published (1, 3, 2, 5, 4): d^2 = 0+0+9+9+0 = 18,
+    # rho = 1 - 6*18 / (5*24) = 0.1; concordant pairs 5 of 10 (none with each, kd-crd), discordant 5 -> tau 0
+    flipped = benchmark_accuracy.rank_agreement(
+        {"none": 1, "kd": 3, "fitnet": 5, "dkd": 2, "crd": 4, "mkcd": 9}, published
+    )
+    assert flipped["methods"] == ["crd", "dkd", "fitnet", "kd", "none"]
+    assert flipped["spearman"] == pytest.approx(0.1) and flipped["kendall"] == pytest.approx(0.0, abs=1e-12)
+    assert benchmark_accuracy.rank_agreement({"none": 1, "kd": 2}, published) is None  # two methods: no ranking
+
+    def row(method, per_seed, cell=None):
+        return {
+            "cell": cell or method,
+            "method": method,
+            "seeds": [0, 1],
+            "test": {"mean": sum(per_seed) / 2, "per_seed": per_seed},
+        }
+
+    rows = [row("none", [1, 1]), row("kd", [3, 3]), row("fitnet", [5, 2]), row("dkd", [2, 5]), row("crd", [4, 4])]
+    rows.append(row("dkd", [99, 99], cell="dkd_beta8"))  # an ablation variant is not the method's own cell
+    suite = {"report": "test", "seeds": [0, 1], "published_pair": "p"}
+    (found,) = benchmark_accuracy.agreement(suite, rows, {"p": published})
+    # means: none 1, kd 3, fitnet 3.5, dkd 3.5, crd 4 -> ranks 1, 2, 3.5, 3.5, 5 against 1, 3, 2, 5, 4
+    assert found["pair"] == "p" and found["n"] == 5
+    assert found["spearman_per_seed"] == pytest.approx([0.1, 1.0])  # seed 0 the flipped order, seed 1 the exact one
+    lines = benchmark_accuracy.agreement_lines(
+        {"report": "test", "agreement": [{**flipped, "pair": "p", "split": "test"}]}
+    )
+    assert "Spearman ρ = 0.10, Kendall τ = 0.00" in lines[0] and "does not predict CIFAR-100" in lines[0]
+    lines = benchmark_accuracy.agreement_lines(
+        {"report": "test", "agreement": [{**exact, "pair": "p", "split": "test"}]}
+    )
+    assert "ρ = 1.00" in lines[0] and "does not predict" not in lines[0]
+    assert "not measured" in benchmark_accuracy.agreement_lines({"report": "test", "agreement": []})[0]

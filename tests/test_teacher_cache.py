@@ -22,8 +22,6 @@ def run(
 ):
     teacher = teacher or tiny_teacher()
     student = tiny_student(teacher, method, data)
-    if method == "mkcd":  # MKCD's mid-level term reads stage maps, which the cache does not hold: the cached form
-        kw.setdefault("distiller_kwargs", {"mid_weight": 0.0})
     args = tiny_args(
         tmp_path / name, **{"method": method, "max_steps": -1, "num_train_epochs": 2, "teacher_cache": cache, **kw}
     )
@@ -104,28 +102,41 @@ def test_resume_with_a_cache(data, tmp_path):
     assert all(torch.equal(weights[k], w_plain[k]) for k in weights)
 
 
-@pytest.mark.parametrize("method", ["mkcd", "rkd"])
+MAP_FILES = {  # what each method reads from the teacher, stored in float16: one file per stage map
+    "mkcd": ["features", "stages.0", "stages.3"],  # the default reads a stage map (its mid-level term)
+    "rkd": ["pooled"],
+    "fitnet": ["stages.0", "stages.3"],
+    "ofd": ["preact_stages.0", "preact_stages.3"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(MAP_FILES))
 def test_maps_and_pooled_features_in_float16(data, tmp_path, method):
     cache = str(tmp_path / "cache")
     _, plain, _ = run(data, tmp_path, "plain", method=method)
     run(data, tmp_path, "build", method=method, cache=cache)
     reader, cached, _ = run(data, tmp_path, "read", method=method, forbid_teacher=True, cache=cache)
     assert reader.teacher_cache.hits == 96
-    key = "features" if method == "mkcd" else "pooled"
-    assert np.load(os.path.join(cache, "epoch_0000", f"main.{key}.npy"), mmap_mode="r").dtype == np.float16
+    for key in MAP_FILES[method]:
+        assert np.load(os.path.join(cache, "epoch_0000", f"main.{key}.npy"), mmap_mode="r").dtype == np.float16
     first_plain, first_cached = plain[0], cached[0]  # the same student: only the cache's precision differs
     for k in first_plain:  # float16 maps: a relative error of about 1e-3, which the losses carry
         assert first_cached[k] == pytest.approx(first_plain[k], rel=3e-3, abs=1e-5), k
     assert [sorted(e) for e in cached] == [sorted(e) for e in plain]
 
 
-def test_stage_map_methods_run_the_teacher_and_the_size_is_planned(data, tmp_path, monkeypatch, caplog):
+def test_stage_maps_are_cached_and_the_size_is_planned(data, tmp_path, monkeypatch, caplog):
     import logging
     from collections import namedtuple
 
     caplog.set_level(logging.INFO, logger="hf_mkcd")
     trainer, _, _ = run(data, tmp_path, "at", method="at", cache=str(tmp_path / "cache"), max_steps=1)
-    assert trainer.teacher_cache is None and "the teacher runs every step" in caplog.text
+    assert trainer.teacher_cache is not None and "the teacher runs every step" not in caplog.text
+    # the plan's size is every stage map in float16 (+1 flag byte per file) for 48 samples: read back from the files
+    stage_files = sorted(glob.glob(os.path.join(str(tmp_path / "cache"), "epoch_0000", "main.stages.*[0-9].npy")))
+    assert len(stage_files) == 4
+    per_sample = sum(np.load(f, mmap_mode="r")[0].size * 2 + 1 for f in stage_files)
+    assert f"stages (float16 maps), {per_sample * 48 / 2**20:.1f} MiB per epoch" in caplog.text
     run(data, tmp_path, "kd", cache=str(tmp_path / "cache2"), max_steps=1)
     assert "teacher cache" in caplog.text and "per epoch" in caplog.text
     usage = namedtuple("usage", "total used free")
@@ -210,7 +221,6 @@ def test_a_complete_epoch_held_in_device_memory_reads_the_same_values(data, tmp_
         teacher_cache=str(tmp_path / "cache"),
         max_steps=-1,
         num_train_epochs=1,
-        distiller_kwargs={"mid_weight": 0.0},  # the mid-level term's stage maps are not cached
     )
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data.train)
     trainer.train()  # epoch 0 written, complete
@@ -221,11 +231,16 @@ def test_a_complete_epoch_held_in_device_memory_reads_the_same_values(data, tmp_
     assert held and size > 0 and cache.mirror(1, torch.device("cpu"), needs) == (False, None)  # epoch 1: absent
     cache.mirror(0, torch.device("cpu"), needs)
     gathered = cache.read(0, index, needs)
+    assert "stages" in needs and len(from_files["stages"]) == 4  # MKCD's mid-level term: the stage maps, held too
     for key in needs:
-        assert torch.equal(gathered[key], from_files[key]), key
+        assert all(map(torch.equal, _listed(gathered[key]), _listed(from_files[key]))), key
     assert cache.mirror(0, torch.device("cpu"), needs, budget_bytes=size - 1) == (True, size)  # already held
     runner = DistillationTeacher(teacher, needs, cache=cache, mirror_device=torch.device("cpu"))
     batch = {"pixel_values": torch.zeros(4, 1, 16, 16), "index": index, "aug_epoch": torch.zeros(4, dtype=torch.long)}
     out = runner(batch, {})
     for key in needs:
-        assert torch.equal(out[key], from_files[key]), key
+        assert all(map(torch.equal, _listed(out[key]), _listed(from_files[key]))), key
+
+
+def _listed(value):
+    return value if isinstance(value, list) else [value]
