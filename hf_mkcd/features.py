@@ -95,3 +95,18 @@ def probe_shapes(
     finally:
         student.train(modes[0]), teacher.train(modes[1])
     return _shapes(s), _shapes(t)
+
+
+@torch.no_grad()
+def probe_stage(teacher: nn.Module, student_config, index: int) -> torch.Tensor:
+    """The teacher's stage map ``index`` on a seeded random batch at the student's input size, in eval mode: what a
+    projector onto that map must be able to output (its sign: :func:`hf_mkcd.models.projectors.output_activation`)."""
+    was_training = teacher.training
+    teacher.eval()
+    try:
+        size = student_config.image_size
+        channels = first_conv_in_channels(teacher, student_config.num_channels)
+        x = torch.randn(2, channels, size, size, generator=torch.Generator().manual_seed(0))
+        return teacher_outputs(teacher, x.to(next(teacher.parameters()).device), {"stages"})["stages"][index].cpu()
+    finally:
+        teacher.train(was_training)

@@ -131,3 +131,47 @@ def test_students_saved_before_resample_existed_keep_their_architecture(tmp_path
     assert loaded.projector.plan == "up2"
     for k, v in old.state_dict().items():
         assert torch.equal(v, loaded.state_dict()[k]), k
+
+
+# the teacher maps each projector of MKCD aims at, by family: signed (no final ReLU can reproduce them) or not.
+# WRN's blocks end before their BN + ReLU and MobileNetV2's in a linear bottleneck; every pre-pool map is post-ReLU.
+SIGNED_MID_TARGET = {
+    "cifar_resnet20": False,
+    "cifar_resnet8x4": False,
+    "cifar_resnet50": False,
+    "cifar_wrn_16_2": True,
+    "cifar_vgg8": False,
+    "cifar_mobilenetv2": True,
+    "cifar_shufflev1": False,
+    "cifar_shufflev2": False,
+    "transformers_resnet": False,
+}
+
+
+@pytest.mark.parametrize("family", sorted(SIGNED_MID_TARGET))
+def test_each_projector_ends_in_what_its_target_can_take(data, family):
+    """A projector onto a signed map gets no final ReLU (round two's mid-level projector took the main one's ReLU
+    onto WRN's and MobileNetV2's signed stage maps: about half of their energy out of its reach); onto a post-ReLU
+    map it keeps it. Checked on the built MKCD, for every teacher family of the zoo and the transformers adapter."""
+    import torch.nn as nn
+
+    from hf_mkcd.distillers import Pair
+    from hf_mkcd.features import probe_shapes, teacher_outputs
+    from hf_mkcd.teacher import as_timm_teacher
+
+    torch.manual_seed(0)
+    if family == "transformers_resnet":
+        from test_transformers_teacher import tiny_transformers
+
+        teacher = as_timm_teacher(tiny_transformers("resnet")).eval()
+    else:
+        teacher = timm.create_model(family, in_chans=1, num_classes=10).eval()
+    student = tiny_student(teacher, "mkcd", data)
+    mkcd_cls = get_distiller_class("mkcd")
+    s, t = probe_shapes(student, teacher, mkcd_cls.student_needs, mkcd_cls.teacher_needs)
+    mkcd = mkcd_cls(Pair(student, teacher, s, t), mid_weight=1.0)
+    with torch.no_grad():
+        maps = teacher_outputs(teacher, torch.randn(4, 1, 16, 16), {"stages"})
+    assert bool((maps["stages"][-2] < 0).any()) == SIGNED_MID_TARGET[family]  # the table above is what the map is
+    assert isinstance(mkcd.mid_projector.out_act, nn.Identity) == SIGNED_MID_TARGET[family]
+    assert isinstance(student.projector.out_act, nn.ReLU)  # the pre-pool map: post-ReLU in every family here

@@ -8,8 +8,9 @@ classifier frozen; two kinds of feature knowledge and the logit knowledge are le
 
 with E(a, b) = MSE(a, b) / mean(b^2) (``feat_norm="energy"``: a relative error, free of the teacher's feature
 scale; ``"none"``: the plain MSE) and M the maps of the stage before the last, through a second, training-only
-encoder-decoder P_mid (``mid_weight``; 0 turns it off, and with it the teacher's stage maps, which the teacher
-cache does not hold).
+encoder-decoder P_mid (``mid_weight``; 0 turns it off, and with it the teacher's stage maps). Each projector's
+output activation follows its own target: a ReLU only onto a map that cannot be negative
+(:func:`~hf_mkcd.models.projectors.output_activation`).
 
 Defaults, each chosen by the ablations in docs/mkcd.md (validation split only): P residual (an identity shortcut
 plus a zero-initialised encoder-decoder correction, f = 4, r = 2); T rising linearly from ``temperature_min`` = 1
@@ -18,8 +19,8 @@ term at weights 20 and 20, KD 1, CE 1 (round two, three proxy pairs: the best me
 them; weight 20 on the relative error is round one's weight 10 on the first pair's plain MSE).
 """
 
-from ..features import probe_shapes
-from ..models.projectors import EncoderDecoderProjector
+from ..features import probe_shapes, probe_stage
+from ..models.projectors import EncoderDecoderProjector, output_activation
 from .base import Distiller, register_distiller
 from .losses import feature_mse, kd_loss, relative_feature_mse
 
@@ -63,9 +64,11 @@ class MKCD(Distiller):
             if pair is None:
                 raise ValueError("mkcd: mid_weight builds a projector from the pair's stage maps: pass pair=Pair(...)")
             s_shapes, t_shapes = probe_shapes(pair.student, pair.teacher, {"stages"}, {"stages"})
-            # built like the student's own projector where that is MKCD's (width, shortcut, resampling, output)
+            # built like the student's own projector where that is MKCD's (width, shortcut, resampling), with the
+            # output activation its own target takes: a stage map may be signed where the pre-pool map is not
             cfg = pair.student.config
             options = dict(cfg.projector_kwargs or {}) if cfg.projector == "mkcd" else {}
+            options["out_act"] = output_activation(probe_stage(pair.teacher, cfg, -2))
             self.mid_projector = EncoderDecoderProjector(s_shapes["stages"][-2], t_shapes["stages"][-2], **options)
             self.student_needs = self.student_needs | {"stages"}
             self.teacher_needs = self.teacher_needs | {"stages"}

@@ -32,7 +32,7 @@ from .helpers import (
     match_channels,
     teacher_linear_head,
 )
-from .projectors import build_projector, projector_options
+from .projectors import build_projector, output_activation, projector_options
 
 
 @dataclass
@@ -191,8 +191,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
                 )
         projector_kwargs = dict(projector_kwargs or {})
         if projector is not None and "out_act" in projector_options(projector):
-            # teacher maps that are post-ReLU (every CIFAR zoo model) get a final ReLU in the projector
-            projector_kwargs.setdefault("out_act", "relu" if bool((f_t >= 0).all()) else "none")
+            # a final ReLU only where the teacher's map is post-ReLU (every CIFAR zoo model's pre-pool map)
+            projector_kwargs.setdefault("out_act", output_activation(f_t))
         if projector is not None and "resample" in projector_options(projector):
             # recorded, so that a saved student keeps its architecture when the code's default changes
             projector_kwargs.setdefault("resample", projector_options(projector)["resample"])

@@ -254,6 +254,15 @@ class IdentityProjector(FeatureProjector):
         return self.pool_input(x)
 
 
+def output_activation(target: torch.Tensor) -> str:
+    """The final activation a projector onto ``target`` maps needs: ``"relu"`` only where the target cannot be
+    negative (a post-ReLU map: every CIFAR-zoo pre-pool map), else ``"none"``. A signed target (WRN's stage maps end
+    before their BN + ReLU, MobileNetV2's in a linear bottleneck, ConvNeXt's in a norm) keeps part of its energy
+    below zero, which a ReLU output can never reproduce: the feature loss would have a floor no training lowers.
+    Decided on a probe of the target map, not assumed per family."""
+    return "relu" if bool((target >= 0).all()) else "none"
+
+
 def _activation(name: str) -> nn.Module:
     acts = {"relu": nn.ReLU(inplace=True), "none": nn.Identity()}
     if name not in acts:
