@@ -94,6 +94,14 @@ class ModelArguments:
             "for every other ratio) or learned (strided / transposed convs)."
         },
     )
+    student_map: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Where the student's classifier pools a 1x1 expansion of its last block (zoo MobileNetV2, "
+            "ShuffleNetV2), the map a projector onto the teacher's reads: last_block (SimKD's reference; the expansion "
+            "is not built) or prepool. Default: last_block for mkcd and simkd, prepool for srrl (docs/methods.md)."
+        },
+    )
     skip_teacher_check: bool = field(
         default=False,
         metadata={
@@ -301,6 +309,7 @@ def build_student(
         image_mean=data.mean,
         image_std=data.std,
         teacher_name=model_args.teacher_model_name_or_path,
+        student_map=model_args.student_map,
     )
 
 

@@ -11,8 +11,9 @@ Part 1, per-method step cost: each method's real ``DistillationTrainer.training_
 student forward, loss, backward) plus the optimizer step, on one fixed batch; every kind of step is timed
 once per round, ``--steps`` rounds after ``--warmup`` warm-up calls, and the median is reported, so all
 are measured over the same stretch of time. The floor is what any distillation step must pay: one teacher
-forward (no_grad) plus one cross-entropy-only student step, both measured in the same run. Methods whose
-teacher outputs can be cached are timed again reading them from a ``--teacher_cache`` built for the batch.
+forward (no_grad) plus one cross-entropy-only student step, both measured in the same run. Every method with a
+teacher is timed again reading its teacher outputs (stage maps included) from a ``--teacher_cache`` built for the
+batch, and its cached step is given as a multiple of the cached KD step.
 
 Part 2, end-to-end: the real Trainer on Fashion-MNIST padded to 32x32 RGB (``--e2e_samples`` images), kd and
 mkcd, uncached and cached: images/s, and where each step's time goes (data, teacher, student forward and
@@ -191,7 +192,7 @@ def per_method(a, teacher, sync, tmp) -> dict:
             continue
         trainer = make_trainer(method, teacher, data, os.path.join(tmp, method), a.batch, student=a.student)
         fns[method] = step_fn(trainer)
-        if trainer.distiller.teacher_needs <= {"logits", "pooled", "features"}:
+        if trainer.distiller.teacher_needs:  # every teacher output is cacheable, stage maps included
             cached = make_trainer(
                 method,
                 teacher,
@@ -211,16 +212,20 @@ def per_method(a, teacher, sync, tmp) -> dict:
         f"\nfloor = teacher forward {t_teacher:.1f} ms + CE-only student step {t_ce:.1f} ms = {floor:.1f} ms "
         f"({a.teacher} -> {a.student}, batch {a.batch}, {a.image_size}x{a.image_size}, {a.classes} classes)"
     )
-    print(f"{'method':10s} {'ms/step':>9s} {'x floor':>8s} {'cached ms':>10s} {'x floor':>8s}")
+    print(f"{'method':10s} {'ms/step':>9s} {'x floor':>8s} {'cached ms':>10s} {'x floor':>8s} {'x KD cached':>12s}")
     rows = {}
     for method in a.methods:
         if method == "none":
             continue
         row = {"ms": ms[method], "x_floor": ms[method] / floor, "cached_ms": ms.get(f"{method} (cached)")}
         row["cached_x_floor"] = row["cached_ms"] / floor if row["cached_ms"] else None
+        kd_cached = ms.get("kd (cached)")
+        row["cached_x_kd_cached"] = row["cached_ms"] / kd_cached if row["cached_ms"] and kd_cached else None
         rows[method] = row
         cached = (
-            f"{row['cached_ms']:>10.1f} {row['cached_x_floor']:>8.2f}" if row["cached_ms"] else f"{'-':>10s} {'-':>8s}"
+            f"{row['cached_ms']:>10.1f} {row['cached_x_floor']:>8.2f} {row['cached_x_kd_cached'] or 0:>12.2f}"
+            if row["cached_ms"]
+            else f"{'-':>10s} {'-':>8s} {'-':>12s}"
         )
         print(f"{method:10s} {row['ms']:>9.1f} {row['x_floor']:>8.2f} {cached}")
     plain = ms["plain PyTorch KD step (NCHW)"]

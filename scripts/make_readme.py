@@ -59,11 +59,16 @@ def _speed_table(r) -> list:
         f"{s['warmup']} warm-up steps. Floor = one teacher forward ({pm['teacher_forward_ms']:.0f} ms) + one "
         f"cross-entropy-only student step ({pm['ce_step_ms']:.0f} ms) = **{pm['floor_ms']:.0f} ms**.",
         "",
-        "| method | ms / step | x floor | cached: ms / step | cached: x floor |",
-        "|---|---|---|---|---|",
+        "| method | ms / step | x floor | cached: ms / step | cached: x floor | cached: x cached KD step |",
+        "|---|---|---|---|---|---|",
     ]
     for method, row in pm["methods"].items():
-        cached = f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f}" if row.get("cached_ms") else "- | -"
+        cached = (
+            f"{row['cached_ms']:.0f} | {row['cached_x_floor']:.2f} | "
+            + (f"{row['cached_x_kd_cached']:.2f}" if row.get("cached_x_kd_cached") else "-")
+            if row.get("cached_ms")
+            else "- | - | -"
+        )
         lines.append(f"| `{method}` | {row['ms']:.0f} | {row['x_floor']:.2f} | {cached} |")
     if pm.get("plain_kd_ms") and "kd" in pm["methods"]:
         kd = pm["methods"]["kd"]

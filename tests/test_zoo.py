@@ -604,3 +604,35 @@ def test_wrn_preact_maps_update_bn_statistics_twice_like_the_references():
     model.bn1.reset_running_stats()
     model.forward_features(x)  # no pre-activation maps asked for: one update
     torch.testing.assert_close(model.bn1.running_mean, 0.1 * block3.mean((0, 2, 3)), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "student, last_block, expanded", [("cifar_mobilenetv2", [160, 1, 1], 1280), ("cifar_shufflev2", [464, 2, 2], 1024)]
+)
+def test_reused_head_students_read_the_map_each_reference_reads(student, last_block, expanded, tmp_path):
+    """SimKD's reference projects the student's last block (``feat_s[-2]``: 160 channels for MobileNetV2, 464 for
+    ShuffleNetV2), not the 1x1 expansion its own classifier pools; MKCD follows it, SRRL's reference reads the
+    pooled expansion. The choice is recorded (``prepool: false``), so the saved student reloads bit for bit."""
+    from transformers import AutoModelForImageClassification
+
+    from hf_mkcd import MKCDStudentForImageClassification
+
+    torch.manual_seed(0)
+    teacher = __import__("timm").create_model("cifar_vgg13", in_chans=1, num_classes=10).eval()
+    for projector, shape in (("simkd", last_block), ("mkcd", last_block), ("srrl", [expanded, *last_block[1:]])):
+        model = MKCDStudentForImageClassification.from_teacher(teacher, student, projector=projector, image_size=16)
+        assert model.config.student_feature_shape == shape, projector
+        assert not any(n.startswith(("conv2.", "bn2.")) for n, _ in model.backbone.named_parameters()) == (
+            projector != "srrl"
+        )
+    asked = MKCDStudentForImageClassification.from_teacher(
+        teacher, student, projector="mkcd", image_size=16, student_map="prepool"
+    )
+    assert asked.config.student_feature_shape == [expanded, *last_block[1:]]  # the ablation's other arm
+    mkcd = MKCDStudentForImageClassification.from_teacher(teacher, student, projector="mkcd", image_size=16).eval()
+    mkcd.save_pretrained(tmp_path)
+    loaded = AutoModelForImageClassification.from_pretrained(tmp_path).eval()
+    x = torch.randn(3, 1, 16, 16)
+    assert torch.equal(mkcd(x).logits, loaded(x).logits)
+    with pytest.raises(ValueError, match="student_map 'middle': choose one of last_block, prepool"):
+        MKCDStudentForImageClassification.from_teacher(teacher, student, image_size=16, student_map="middle")

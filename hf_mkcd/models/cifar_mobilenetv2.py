@@ -65,9 +65,14 @@ class CifarMobileNetV2(CifarNet):
         num_classes: int = 100,
         in_chans: int = 3,
         global_pool: str = "avg",
+        prepool: bool = True,
         **kwargs,
     ):
+        """``prepool=False``: no final 1x1 expansion (``conv2``); the last block's map (160 channels at width 0.5) is
+        the feature map, as SimKD's student reads it (``feat_s[-2]``)."""
         super().__init__()
+        if not prepool:
+            self.prepool_modules = ()
         chans = int(32 * width_mult)
         self.conv1 = _conv_bn_relu(in_chans, chans, 3, 2)
         self.blocks = nn.ModuleList()
@@ -81,7 +86,8 @@ class CifarMobileNetV2(CifarNet):
             self.blocks.append(nn.Sequential(*layers))
             widths.append(out)
         last_channel = int(1280 * width_mult) if width_mult > 1.0 else 1280
-        self.conv2 = _conv_bn_relu(chans, last_channel, 1, 1)
+        self.conv2 = _conv_bn_relu(chans, last_channel, 1, 1) if prepool else nn.Identity()
+        last_channel = last_channel if prepool else chans
         reductions = (2, 4, 8, 16)
         feature_info = [dict(num_chs=int(32 * width_mult), reduction=2, module="conv1")] + [
             dict(num_chs=widths[e], reduction=r, module=f"blocks.{e}") for e, r in zip(self.STAGE_ENDS, reductions)

@@ -92,10 +92,21 @@ class ShuffleV2Block(nn.Module):
 class CifarShuffleNet(CifarNet):
     classifier_attr = "linear"
 
-    def __init__(self, version: int = 1, num_classes: int = 100, in_chans: int = 3, global_pool: str = "avg", **kwargs):
+    def __init__(
+        self,
+        version: int = 1,
+        num_classes: int = 100,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        prepool: bool = True,
+        **kwargs,
+    ):
+        """``prepool=False`` (V2): no final 1x1 expansion; the last stage's map (464 channels) is the feature map, as
+        SimKD's student reads it (``feat_s[-2]``)."""
         super().__init__()
         self.version = version
-        self.prepool_modules = ("conv2", "bn2") if version == 2 else ()
+        self.prepool = version == 2 and prepool
+        self.prepool_modules = ("conv2", "bn2") if self.prepool else ()
         self.conv1 = nn.Conv2d(in_chans, 24, 1, bias=False)
         self.bn1 = nn.BatchNorm2d(24)
         in_planes = 24
@@ -121,8 +132,11 @@ class CifarShuffleNet(CifarNet):
                 )
                 in_planes = w
                 feature_info.append(dict(num_chs=w, reduction=2 ** (i + 1), module=f"layer{i + 1}"))
-            self.conv2 = nn.Conv2d(in_planes, num_features, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(num_features)
+            if self.prepool:
+                self.conv2 = nn.Conv2d(in_planes, num_features, 1, bias=False)
+                self.bn2 = nn.BatchNorm2d(num_features)
+            else:
+                num_features = in_planes
         self._finish(num_classes, num_features, feature_info, global_pool)
 
     def forward_stem(self, x):
@@ -132,7 +146,7 @@ class CifarShuffleNet(CifarNet):
         return run_stage(getattr(self, f"layer{i}"), x)
 
     def forward_prepool(self, x):
-        return F.relu(self.bn2(self.conv2(x))) if self.version == 2 else x
+        return F.relu(self.bn2(self.conv2(x))) if self.prepool else x
 
 
 register_cifar_model("cifar_shufflev1", CifarShuffleNet, cifar_cfg("linear"), version=1)

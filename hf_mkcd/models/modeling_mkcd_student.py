@@ -133,6 +133,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         image_mean=None,
         image_std=None,
         teacher_name: Optional[str] = None,
+        student_map: Optional[str] = None,
     ) -> "MKCDStudentForImageClassification":
         """Build a student for ``teacher`` (a timm model): probe both feature maps, size the projector,
         copy the teacher's classifier as the frozen head (``head="teacher"``).
@@ -162,6 +163,12 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         backbone_kwargs = dict(backbone_kwargs or {})
         backbone_kwargs.setdefault("in_chans", num_channels)
         probe_backbone = create_timm_model(student, num_classes=0, **backbone_kwargs)
+        student_map = student_map or default_student_map(projector, head)
+        if student_map not in STUDENT_MAPS:
+            raise ValueError(f"student_map {student_map!r}: choose one of {', '.join(STUDENT_MAPS)}")
+        if student_map == "last_block" and getattr(probe_backbone, "prepool_modules", ()):
+            backbone_kwargs["prepool"] = False  # recorded in the config: a saved student rebuilds the same backbone
+            probe_backbone = create_timm_model(student, num_classes=0, **backbone_kwargs)
         probe = torch.randn(2, num_channels, image_size, image_size, generator=torch.Generator().manual_seed(0))
         f_t, f_s = _probe(teacher, probe), _probe(probe_backbone, probe)
         needs_maps = projector is not None or head == "teacher"
@@ -294,6 +301,20 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         (data.get("model_args") or {}).pop("num_classes", None)
         with open(path, "w") as f:
             json.dump(data, f, indent=2)
+
+
+STUDENT_MAPS = ("last_block", "prepool")
+
+
+def default_student_map(projector: Optional[str], head: str) -> str:
+    """Which student map a projector onto the teacher's reads, where the student's classifier pools a 1x1 expansion
+    of its last block (the zoo's MobileNetV2 and ShuffleNetV2: ``prepool_modules``). ``last_block`` (the expansion
+    is not built) for a projector feeding the teacher's head, as SimKD's reference reads ``feat_s[-2]`` (160 channels
+    for MobileNetV2, 464 for ShuffleNetV2) and MKCD follows it; ``prepool`` (the expanded map the student's own
+    classifier would pool) for SRRL, whose reference reads the pooled penultimate feature, and for students with
+    their own head. Families without an expansion (ResNet, WRN, VGG, ShuffleNetV1, any other timm model) read their
+    pre-pool map either way (docs/methods.md)."""
+    return "last_block" if head == "teacher" and projector not in (None, "srrl") else "prepool"
 
 
 def _fit(values, num_channels: int):
