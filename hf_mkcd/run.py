@@ -24,6 +24,7 @@ from .data import DataArguments, prepare_datasets
 from .distillers import get_distiller_class
 from .loading import load_teacher
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
+from .models.modeling_mkcd_student import STUDENT_MAPS
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
 from .hub import HubUnavailableError, hub_reachable, unreachable_reason
 from .model_card import INFO_NAME, distillation_info
@@ -330,6 +331,28 @@ def prepare_teacher_data(data_args: DataArguments, teacher, views=()):
     return data, image_size
 
 
+def check_before_loading(
+    model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
+) -> None:
+    """Everything checkable from the arguments alone, before the dataset or the teacher is touched (those can take
+    minutes): the method and student names, the student-map choice, and whether the output directory holds another
+    run (every setting but the teacher's weights, which the full check after loading compares)."""
+    method = get_distiller_class(training_args.method)
+    check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
+    if method.needs_teacher and model_args.teacher_model_name_or_path is None:
+        raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
+    if model_args.student_map not in (None, *STUDENT_MAPS):
+        raise ValueError(f"--student_map {model_args.student_map!r}: choose one of {', '.join(STUDENT_MAPS)}")
+    RunDirectory(
+        training_args.output_dir, run_fingerprint(model_args, data_args, training_args, None), is_main=False
+    ).decide(
+        training_args.overwrite_output_dir,
+        training_args.resume_from_checkpoint,
+        training_args.allow_changes,
+        unknown=("teacher_sha256",),
+    )
+
+
 def build(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments):
     """Teacher, data, student and trainer, validated against each other: ``(trainer, data)``."""
     method = get_distiller_class(training_args.method)
@@ -356,7 +379,7 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         else:
             logger.warning("--skip_teacher_check: the teacher's class order and accuracy on this data are not checked")
     else:
-        check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
+        check_timm_name(model_args.model_name_or_path)
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
         image_size = data_args.image_size or input_size[-1]
         crop_pct = get_pretrained_cfg_value(model_args.model_name_or_path, "crop_pct")
@@ -416,6 +439,7 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     """Build, check the output directory, train, evaluate, save: what scripts/distill.py and train_teacher.py run."""
     setup_logging(training_args.should_log)
     set_seed(training_args.seed)
+    check_before_loading(model_args, data_args, training_args)
     trainer, data = build(model_args, data_args, training_args)
     output_dir = training_args.output_dir
     teacher_hash = tensor_hash(trainer.teacher.state_dict()) if trainer.teacher is not None else None

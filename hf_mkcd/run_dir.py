@@ -154,8 +154,16 @@ class RunDirectory:
                 "or another --output_dir"
             ) from err
 
-    def decide(self, overwrite: bool, resume_from_checkpoint: Optional[str], allow_changes: Iterable[str]) -> str:
-        """``new``, ``resume``, ``finished`` or ``overwrite``; raises when the directory is not this run's."""
+    def decide(
+        self,
+        overwrite: bool,
+        resume_from_checkpoint: Optional[str],
+        allow_changes: Iterable[str],
+        unknown: Iterable[str] = (),
+    ) -> str:
+        """``new``, ``resume``, ``finished`` or ``overwrite``; raises when the directory is not this run's.
+        ``unknown``: fingerprint fields not known yet (the teacher's weights before it is loaded), left out of the
+        comparison, so everything else is checked before anything expensive runs."""
         entries = [e for e in os.listdir(self.path) if e != LOCK_NAME] if os.path.isdir(self.path) else []
         if not entries:
             return "new"
@@ -168,7 +176,7 @@ class RunDirectory:
                 f"{self.path!r} holds files that no hf_mkcd run wrote ({shown}): it may be a teacher or another tool's "
                 "output. Choose another --output_dir, or pass --overwrite_output_dir to replace its contents."
             )
-        changed = differences(state.get("fingerprint", {}), self.fingerprint)
+        changed = [k for k in differences(state.get("fingerprint", {}), self.fingerprint) if k not in set(unknown)]
         allowed = set(allow_changes or ())
         if changed and not (resume_from_checkpoint and set(changed) <= allowed):
             lines = [f"  {k}: {state['fingerprint'].get(k)!r} -> {self.fingerprint.get(k)!r}" for k in changed]

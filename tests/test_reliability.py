@@ -123,6 +123,31 @@ def test_a_rerun_resumes_only_the_same_run(teacher, tmp_path):
     assert json.loads((out / "run_state.json").read_text())["fingerprint"]["learning_rate"] == 0.01
 
 
+def test_names_and_used_output_directories_are_refused_before_data_or_teacher_load(teacher, tmp_path, monkeypatch):
+    """A misspelt student or method, or a changed command into a used output directory, is refused from the arguments
+    alone: neither the dataset nor the teacher is touched (they can take minutes)."""
+    import hf_mkcd.run
+
+    def touched(*args, **kwargs):
+        raise AssertionError("the dataset or the teacher was loaded before the arguments were checked")
+
+    monkeypatch.setattr(hf_mkcd.run, "load_teacher", touched)
+    monkeypatch.setattr(hf_mkcd.run, "prepare_datasets", touched)
+    student = distill_args(teacher, tmp_path / "o")
+    student[student.index("--model_name_or_path") + 1] = "cifar_resnet2O"  # a letter O for the zero
+    with pytest.raises(ValueError, match="Unknown timm architecture .cifar_resnet2O.*Close matches: .*cifar_resnet20"):
+        distill.main(student)
+    method = distill_args(teacher, tmp_path / "o")
+    method[method.index("--method") + 1] = "fitnets"
+    with pytest.raises(ValueError, match="unknown method 'fitnets'. Did you mean fitnet"):
+        distill.main(method)
+    with pytest.raises(ValueError, match="--student_map 'last': choose one of last_block, prepool"):
+        distill.main(distill_args(teacher, tmp_path / "o", "--student_map", "last"))
+    with pytest.raises(RunDirectoryError, match="(?s)holds another run.*method: 'none' -> 'kd'"):
+        distill.main(distill_args(teacher, teacher))  # the finished teacher's directory, another command
+    assert not (tmp_path / "o").exists()
+
+
 def test_foreign_directories_are_not_overwritten(teacher, tmp_path):
     before = snapshot(teacher)
     with pytest.raises(RunDirectoryError, match="(?s)holds another run.*method: 'none' -> 'kd'"):
