@@ -13,6 +13,7 @@ a renderer below that reads one results file:
 * ``hyperparameters`` each method's class (docs/methods.md)
 * ``jpeg_pipeline``   results/speed_jpeg_cpu.json (scripts/benchmark_speed.py --jpeg_only)
 * ``feature_match``   results/feature_match.json (scripts/feature_match.py)
+* ``calibration``     results/accuracy/calib_*/summary.json: the candidate regimes and their rank agreement
 """
 
 import argparse
@@ -168,6 +169,50 @@ def across_pairs() -> str:
     return benchmark_accuracy.across_pairs(summaries) + f"\nFrom {commands}.\n"
 
 
+CALIBRATION = ("calib_same10", "calib_pairs100", "calib_pairs100_32")  # the candidate regimes, in the order tried
+
+
+def calibration() -> str:
+    """The candidate offline regimes side by side: what each is, how far the teacher leads the vanilla student and
+    how far the methods spread (a regime whose gaps are small drowns its ranking in seed noise), and its rank
+    agreement with the published CIFAR-100 table of the same pair."""
+    lines = [
+        "| candidate | regime | teacher (test) | vanilla (test) | methods' spread (test) | methods run | Spearman ρ | "
+        "Kendall τ | min / cell |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for suite in CALIBRATION:
+        path = f"results/accuracy/{suite}/summary.json"
+        if not os.path.isfile(os.path.join(ROOT, path)):
+            lines.append(f"| `{suite}` | not run yet | | | | | | | |")
+            continue
+        s = _load(path)
+        rows = [r for r in s["rows"] if r.get("test")]
+        teacher = (s.get("teacher") or {}).get("metrics", {}).get("test_top1")
+        vanilla = next((r["test"]["mean"] for r in rows if r["cell"] == "none"), None)
+        means = [r["test"]["mean"] for r in rows]
+        agree = (s.get("agreement") or [{}])[0]
+        lines.append(
+            f"| `{suite}` | {s['description'].split(': ', 1)[-1]} | "
+            + (f"{100 * teacher:.2f}" if teacher is not None else "–")
+            + " | "
+            + (f"{vanilla:.2f}" if vanilla is not None else "–")
+            + f" | {max(means) - min(means):.2f} | {len(rows)} of {len(expand_cells_of(s))} | "
+            + (f"{agree['spearman']:.2f} | {agree['kendall']:.2f}" if agree else "– | –")
+            + f" | {sum(r['minutes'] for r in rows) / len(rows):.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def expand_cells_of(summary: dict) -> list:
+    sys.path.insert(0, os.path.join(ROOT, "scripts"))
+    import benchmark_accuracy
+
+    return benchmark_accuracy.expand_cells(
+        benchmark_accuracy.load_suite(os.path.join(ROOT, "suites", f"{summary['suite']}.yaml"))
+    )
+
+
 def jpeg_pipeline() -> str:
     r = _load("results/speed_jpeg_cpu.json")
     j = r["jpeg_pipeline"]
@@ -203,6 +248,7 @@ def hyperparameters() -> str:
 
 RENDERERS = {
     "across_pairs": across_pairs,
+    "calibration": calibration,
     "jpeg_pipeline": jpeg_pipeline,
     "feature_match": feature_match,
     "quickstart": quickstart,
