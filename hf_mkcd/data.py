@@ -21,7 +21,7 @@ import io
 import logging
 import os
 from dataclasses import dataclass, field
-from typing import Dict, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -88,10 +88,13 @@ class DataArguments:
             "help": "timm's RandAugment string for photos, e.g. rand-m9-mstd0.5-inc1 (random_resized_crop only)."
         },
     )
-    image_mean: Optional[Sequence[float]] = field(
-        default=None, metadata={"help": "Normalisation mean (default: known stats, else measured)."}
+    image_mean: Optional[List[float]] = field(
+        default=None,
+        metadata={"help": "Normalisation mean, one value per channel (default: known stats, else measured)."},
     )
-    image_std: Optional[Sequence[float]] = field(default=None, metadata={"help": "Normalisation std."})
+    image_std: Optional[List[float]] = field(
+        default=None, metadata={"help": "Normalisation std, one value per channel (e.g. --image_std 0.25 0.25 0.25)."}
+    )
     split_seed: int = field(
         default=0,
         metadata={"help": "Seed of derived splits and subsets (digits, train/eval split, max_train_samples)."},
@@ -518,6 +521,26 @@ def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2
     return mean.tolist(), std.tolist()
 
 
+def given_stats(mean, std, channels: int):
+    """``--image_mean`` / ``--image_std`` as the model's channels take them: both given, one value per channel, or
+    one value for every channel; a standard deviation above zero."""
+    if mean is None or std is None:
+        raise ValueError("give both --image_mean and --image_std (one value per channel, or one for all), or neither")
+    out = []
+    for name, values in (("--image_mean", mean), ("--image_std", std)):
+        values = [float(v) for v in values]
+        if len(values) == 1:
+            values = values * channels
+        if len(values) != channels:
+            raise ValueError(
+                f"{name} has {len(values)} values; the model takes {channels} channel(s): give {channels} or 1"
+            )
+        out.append(values)
+    if min(out[1]) <= 0:
+        raise ValueError(f"--image_std must be above zero, got {out[1]}")
+    return out[0], out[1]
+
+
 INDEX_COLUMN = "__index__"
 AUGMENTATIONS = ("auto", "crop_flip", "random_resized_crop", "none")
 PHOTO_SIZE = 96  # inputs at least this large are photos: timm's transforms; smaller ones are CIFAR-sized
@@ -765,8 +788,8 @@ def prepare_datasets(
     source_channels = source_channels_of(modes)
     if channels is None:
         channels = source_channels
-    if args.image_mean is not None:
-        mean, std = args.image_mean, args.image_std
+    if args.image_mean is not None or args.image_std is not None:
+        mean, std = given_stats(args.image_mean, args.image_std, channels)
     elif mean is None:
         known = KNOWN_STATS.get(args.dataset_name)
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)

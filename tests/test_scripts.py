@@ -644,3 +644,26 @@ def test_rank_agreement_with_the_published_table_by_hand():
     )
     assert "ρ = 1.00" in lines[0] and "does not predict" not in lines[0]
     assert "not measured" in benchmark_accuracy.agreement_lines({"report": "test", "agreement": []})[0]
+
+
+def test_normalisation_statistics_from_the_command_line_and_a_recipe(tmp_path):
+    """``--image_mean`` / ``--image_std`` were refused in every form ("invalid Sequence value"), although the
+    pre-flight's advice names them: now one value per channel or one for all, from the command line or a recipe,
+    and they reach the saved image processor."""
+    import json
+
+    out = tmp_path / "cli"
+    train_teacher.main([*TINY, "--output_dir", str(out), "--image_mean", "0.3", "--image_std", "0.2"])
+    processor = json.loads((out / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.3] and processor["image_std"] == [0.2]
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("image_mean: [0.25]\nimage_std: [0.5]\n")
+    train_teacher.main([str(recipe), *TINY, "--output_dir", str(tmp_path / "recipe")])
+    processor = json.loads((tmp_path / "recipe" / "preprocessor_config.json").read_text())
+    assert processor["image_mean"] == [0.25] and processor["image_std"] == [0.5]
+    with pytest.raises(ValueError, match="give both --image_mean and --image_std"):
+        train_teacher.main([*TINY, "--output_dir", str(tmp_path / "half"), "--image_mean", "0.3"])
+    with pytest.raises(ValueError, match="--image_std has 3 values; the model takes 1 channel"):
+        train_teacher.main(
+            [*TINY, "--output_dir", str(tmp_path / "three"), "--image_mean", "0.3", "--image_std", "1", "1", "1"]
+        )
