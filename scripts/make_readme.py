@@ -8,6 +8,7 @@ a renderer below that reads one results file:
 
 * ``quickstart``      results/quickstart.json (scripts/quickstart.py)
 * ``speed``           results/speed_cpu.json (scripts/benchmark_speed.py), and speed_cuda.json if present
+* ``speed_stage_cache`` results/speed_cpu_stage_cache.json (scripts/benchmark_speed.py at the calibration's size)
 * ``projector_cost``  results/projector_cost.json (scripts/projector_cost.py)
 * ``accuracy_SUITE``  results/accuracy/SUITE/summary.json (scripts/benchmark_accuracy.py)
 * ``hyperparameters`` each method's class (docs/methods.md)
@@ -134,6 +135,11 @@ def speed() -> str:
     return "\n".join(lines)
 
 
+def speed_stage_cache() -> str:
+    """The stage-map cache measured: every method reading stage maps, cached, against the cached KD step."""
+    return "\n".join(_speed_table(_load("results/speed_cpu_stage_cache.json"))) + "\n"
+
+
 def projector_cost() -> str:
     rows = _load("results/projector_cost.json")
     lines = [
@@ -249,6 +255,7 @@ def hyperparameters() -> str:
 RENDERERS = {
     "across_pairs": across_pairs,
     "calibration": calibration,
+    "speed_stage_cache": speed_stage_cache,
     "jpeg_pipeline": jpeg_pipeline,
     "feature_match": feature_match,
     "quickstart": quickstart,
@@ -270,7 +277,7 @@ def regenerate(text: str) -> str:
     return MARKER.sub(lambda m: m.group(1) + render(m.group("name")) + m.group(4), text)
 
 
-DOCUMENTS = ("README.md", "docs/mkcd.md", "docs/methods.md")
+DOCUMENTS = ("README.md", "docs/mkcd.md", "docs/methods.md", "docs/benchmarks.md")
 
 
 def main(argv=None):
