@@ -43,7 +43,7 @@ def test_cifar100_hub_schema_via_local_parquet(tmp_path):
 
 def test_hub_id_offline_fails_fast_naming_the_offline_choices():
     start = time.time()
-    with pytest.raises(ConnectionError, match="Offline choices: fashion_mnist, digits"):
+    with pytest.raises(ConnectionError, match="Offline choices: fashion_mnist, fashion_mnist_pairs, digits"):
         load_image_dataset("uoft-cs/cifar100")
     assert time.time() - start < 20
 
