@@ -331,18 +331,23 @@ def prepare_teacher_data(data_args: DataArguments, teacher, views=()):
     return data, image_size
 
 
-def check_before_loading(
-    model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
-) -> None:
-    """Everything checkable from the arguments alone, before the dataset or the teacher is touched (those can take
-    minutes): the method and student names, the student-map choice, and whether the output directory holds another
-    run (every setting but the teacher's weights, which the full check after loading compares)."""
+def check_names(model_args: ModelArguments, training_args: DistillationTrainingArguments):
+    """The method, the student's name and the student-map choice, from the arguments alone (before the dataset or
+    the teacher is touched: those can take minutes). Returns the method."""
     method = get_distiller_class(training_args.method)
     check_timm_name(model_args.model_name_or_path)  # unknown names: close matches, before any loading
     if method.needs_teacher and model_args.teacher_model_name_or_path is None:
         raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
     if model_args.student_map not in (None, *STUDENT_MAPS):
         raise ValueError(f"--student_map {model_args.student_map!r}: choose one of {', '.join(STUDENT_MAPS)}")
+    return method
+
+
+def check_output_dir_before_loading(
+    model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments
+) -> None:
+    """Whether the output directory holds another run, on every setting but the teacher's weights (compared by
+    the full check once the teacher is loaded), before anything expensive runs."""
     RunDirectory(
         training_args.output_dir, run_fingerprint(model_args, data_args, training_args, None), is_main=False
     ).decide(
@@ -355,11 +360,9 @@ def check_before_loading(
 
 def build(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments):
     """Teacher, data, student and trainer, validated against each other: ``(trainer, data)``."""
-    method = get_distiller_class(training_args.method)
+    method = check_names(model_args, training_args)
     teacher = None
     if method.needs_teacher:
-        if model_args.teacher_model_name_or_path is None:
-            raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
         teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
         data, image_size = prepare_teacher_data(data_args, teacher, views=method.views)
         check_num_classes(
@@ -379,7 +382,6 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         else:
             logger.warning("--skip_teacher_check: the teacher's class order and accuracy on this data are not checked")
     else:
-        check_timm_name(model_args.model_name_or_path)
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
         image_size = data_args.image_size or input_size[-1]
         crop_pct = get_pretrained_cfg_value(model_args.model_name_or_path, "crop_pct")
@@ -439,8 +441,8 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
     """Build, check the output directory, train, evaluate, save: what scripts/distill.py and train_teacher.py run."""
     setup_logging(training_args.should_log)
     set_seed(training_args.seed)
-    check_before_loading(model_args, data_args, training_args)
-    trainer, data = build(model_args, data_args, training_args)
+    check_output_dir_before_loading(model_args, data_args, training_args)
+    trainer, data = build(model_args, data_args, training_args)  # names are checked first thing there
     output_dir = training_args.output_dir
     teacher_hash = tensor_hash(trainer.teacher.state_dict()) if trainer.teacher is not None else None
     run_dir = RunDirectory(
