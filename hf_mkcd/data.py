@@ -448,12 +448,14 @@ def to_channels(x: torch.Tensor, channels: int) -> torch.Tensor:
     raise ValueError(f"images have {c} channels and the model takes {channels}: no conversion is defined")
 
 
-def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, int]:
-    """Every image's kind, read before training (PIL headers only, no decoding): ``{mode: count}``.
+def scan_images(dataset: Dataset, image_column: str, split: str, sizes: Optional[Dict[tuple, int]] = None):
+    """Every image's kind, read before training (PIL headers only, no decoding): ``{mode: count}``; ``sizes``, when
+    given, is filled with ``{(width, height): count}`` (what decides the photo pipeline).
     Raises, naming the split, the first bad row and how many there are, for images nothing can convert."""
     feature = dataset.features[image_column]
     counts: Dict[str, int] = {}
     bad: Dict[str, list] = {}
+    sizes = {} if sizes is None else sizes
     if isinstance(feature, Image):
         raw = dataset.cast_column(image_column, Image(decode=False))
         for start in range(0, len(raw), 1000):
@@ -462,6 +464,7 @@ def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, in
                     source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
                     with PILImage.open(source) as im:
                         mode = im.mode
+                        sizes[im.size] = sizes.get(im.size, 0) + 1
                 except Exception as err:  # unreadable bytes or a missing file
                     mode = f"unreadable ({type(err).__name__})"
                 counts[mode] = counts.get(mode, 0) + 1
@@ -471,6 +474,9 @@ def scan_images(dataset: Dataset, image_column: str, split: str) -> Dict[str, in
         for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
             array = np.asarray(dataset[i][image_column])
             kind = f"array {array.dtype} {'x'.join(map(str, array.shape))}"
+            if array.ndim >= 2:
+                hw = array.shape[:2] if array.ndim == 2 or array.shape[-1] in (1, 3, 4) else array.shape[-2:]
+                sizes[(hw[1], hw[0])] = sizes.get((hw[1], hw[0]), 0) + 1
             try:
                 array_to_uint8(array)
             except ValueError:
@@ -548,13 +554,37 @@ DEFAULT_CROP_PCT = 0.875  # timm's default evaluation crop (resize to size / 0.8
 
 
 def resolve_augmentation(augmentation: str, image_size: int) -> str:
-    """``auto`` follows the data: CIFAR-sized inputs keep the CIFAR recipe's crop + flip, photos get timm's
-    RandomResizedCrop + flip (and resize + centre crop for evaluation)."""
+    """``auto`` without a look at the data: photo-sized inputs get timm's RandomResizedCrop + flip (and resize +
+    centre crop for evaluation), smaller ones the CIFAR recipe's crop + flip (:func:`choose_pipeline` looks)."""
+    return choose_pipeline(augmentation, image_size)[0]
+
+
+def choose_pipeline(augmentation: str, image_size: int, sizes: Optional[Dict[tuple, int]] = None) -> Tuple[str, str]:
+    """``(augmentation, why)``: ``auto`` follows the data. Photos — inputs of at least 96 px, images of mixed sizes or
+    aspect ratios, or images of at least 96 px larger than the input — get timm's pipeline at any input size
+    (RandomResizedCrop in training, the shorter side resized and the centre cropped at ``crop_pct`` in evaluation:
+    never squashed); small images of one size (CIFAR, Fashion-MNIST and its stacked pairs) keep the CIFAR recipe
+    (resized whole, 4-pixel padded crop + flip)."""
     if augmentation not in AUGMENTATIONS:
         raise ValueError(f"unknown augmentation {augmentation!r}: one of {AUGMENTATIONS}")
     if augmentation != "auto":
-        return augmentation
-    return "random_resized_crop" if image_size >= PHOTO_SIZE else "crop_flip"
+        return augmentation, "--augmentation " + augmentation
+    photo, crop = "random_resized_crop", "crop_flip"
+    if image_size >= PHOTO_SIZE:
+        return photo, f"auto: a {image_size}x{image_size} input is photo-sized (at least {PHOTO_SIZE} px)"
+    if not sizes:
+        return crop, f"auto: a {image_size}x{image_size} input is CIFAR-sized"
+    shown = sorted(sizes, key=lambda wh: -sizes[wh])
+    if len(sizes) > 1:
+        small, large = min(sizes, key=lambda wh: wh[0] * wh[1]), max(sizes, key=lambda wh: wh[0] * wh[1])
+        return photo, (
+            f"auto: the images differ in size ({len(sizes)} sizes, {small[0]}x{small[1]} to {large[0]}x{large[1]}): "
+            "photos, cropped rather than squashed"
+        )
+    w, h = shown[0]
+    if min(w, h) >= PHOTO_SIZE and max(w, h) > image_size:
+        return photo, f"auto: the images are {w}x{h}, photo-sized and larger than the {image_size}x{image_size} input"
+    return crop, f"auto: every image is {w}x{h}, small and of one size: the CIFAR recipe at {image_size}x{image_size}"
 
 
 def random_resized_crop_params(h: int, w: int, generator: torch.Generator, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -719,6 +749,8 @@ class PreparedData:
     test: Optional[Dataset] = None  # reported only (DataArguments.test_split)
     eval_split: str = "validation"  # the evaluation set's short name (model-index ``split``)
     eval_description: str = ""  # what the evaluation set is, for cards: a split, or images held out of training
+    pipeline: str = ""  # the augmentation and evaluation transforms, and why (said in the run plan)
+    crop_pct: Optional[float] = None  # the evaluation crop of the photo pipeline (None: the images are resized whole)
 
 
 def prepare_datasets(
@@ -782,7 +814,8 @@ def prepare_datasets(
         if len(split_data) == 0:
             raise ValueError(f"the {split_name!r} split of {args.dataset_name!r} is empty")
         check_labels(split_data, label_column, num_classes, split_name)
-    modes = scan_images(train, image_column, args.train_split)
+    sizes: Dict[tuple, int] = {}
+    modes = scan_images(train, image_column, args.train_split, sizes)
     for split_name, split_data in checked[1:]:
         scan_images(split_data, image_column, split_name)
     source_channels = source_channels_of(modes)
@@ -790,12 +823,14 @@ def prepare_datasets(
         channels = source_channels
     if args.image_mean is not None or args.image_std is not None:
         mean, std = given_stats(args.image_mean, args.image_std, channels)
+    elif mean is not None and len(mean) != channels:  # e.g. an RGB model's statistics for grayscale images
+        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
     elif mean is None:
         known = KNOWN_STATS.get(args.dataset_name)
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)
     names = train.features[label_column].names
     train = train.add_column(INDEX_COLUMN, list(range(len(train))))
-    augmentation = resolve_augmentation(args.augmentation, image_size)
+    augmentation, why = choose_pipeline(args.augmentation, image_size, sizes)
     crop_pct = float(crop_pct or DEFAULT_CROP_PCT)
     train.set_transform(
         ImageTransform(
@@ -819,19 +854,20 @@ def prepare_datasets(
                 image_column, label_column, channels, image_size, mean, std, False, augmentation, crop_pct=crop_pct
             )
         )
-    logger.info(
-        f"data: {len(train):,} training images, {augmentation} "
+    pipeline = (
+        f"{augmentation} "
         + (
             "(RandomResizedCrop + flip"
             + (f" + RandAugment {args.auto_augment}" if args.auto_augment else "")
-            + f"; evaluation: resize to {int(image_size / crop_pct)} + centre crop {image_size})"
+            + f"; evaluation: shorter side to {int(image_size / crop_pct)} + centre crop {image_size})"
             if augmentation == "random_resized_crop"
-            else "(CIFAR: 4-pixel padded crop + flip)"
+            else "(CIFAR: resize, 4-pixel padded crop + flip)"
             if augmentation == "crop_flip"
             else "(no augmentation)"
         )
-        + f" at {image_size}x{image_size}, {channels} channel(s)"
+        + f" at {image_size}x{image_size}, {channels} channel(s); why: {why}"
     )
+    logger.info(f"data: {len(train):,} training images, {pipeline}")
     return PreparedData(
         train,
         evaluation,
@@ -846,4 +882,6 @@ def prepare_datasets(
         eval_split,
         f"{eval_description}, {len(evaluation):,} images"
         + (f" (the first {len(evaluation):,}: --max_eval_samples)" if args.max_eval_samples is not None else ""),
+        pipeline,
+        crop_pct if augmentation == "random_resized_crop" else None,
     )

@@ -378,3 +378,148 @@ def load_teacher(
             **{f"teacher {name_or_path!r}": teacher_linear_head(teacher).out_features, "dataset": num_classes}
         )
     return teacher.eval().requires_grad_(False)
+
+
+PRETRAINED_DEFAULT = ("true", "timm", "default")  # --student_pretrained true: timm's default weights of the student
+
+
+def _hub_download_hint(hub_id: Optional[str], what: str) -> str:
+    if not hub_id:
+        return f"download {what} on a machine with access"
+    return (
+        f"on a machine with access, `hf download {hub_id} --local-dir {hub_id.split('/')[-1]}`, copy that directory "
+        f"here and pass it (or the model.safetensors inside)"
+    )
+
+
+def _timm_pretrained(name: str, **kwargs) -> nn.Module:
+    """``timm.create_model(name, pretrained=True)`` from the Hub, or from the local cache when it cannot be reached;
+    a clear error naming what to download otherwise."""
+    from timm.models import get_pretrained_cfg
+
+    hub_name = name[len("hf-hub:") :] if name.startswith("hf-hub:") else None
+    cfg = None if hub_name else get_pretrained_cfg(name)
+    if cfg is not None and not (cfg.hf_hub_id or cfg.url or cfg.file):
+        raise ValueError(
+            f"--student_pretrained: timm has no pretrained weights for {name!r} (the CIFAR zoo has none); give a "
+            "weights file or a directory (e.g. a plain student saved by scripts/train_teacher.py), or leave it unset"
+        )
+    hub_id = hub_name or (cfg.hf_hub_id if cfg is not None else None)
+    try:
+        if hub_reachable():
+            return timm.create_model(name, pretrained=True, **kwargs)
+        with offline_mode():
+            return timm.create_model(name, pretrained=True, **kwargs)
+    except (OSError, RuntimeError) as err:  # not cached and no Hub: name the download
+        raise HubUnavailableError(
+            f"--student_pretrained {name!r}: the weights are not in the local cache and the Hugging Face Hub cannot "
+            f"be reached ({unreachable_reason()}; {type(err).__name__}). Offline, "
+            + _hub_download_hint(hub_id, "the weights")
+            + " with --student_pretrained PATH."
+        ) from err
+
+
+def pretrained_source_kind(source: str, architecture: str) -> tuple:
+    """``(kind, name)`` of a ``--student_pretrained`` value, from the string alone: ``("path", path)``,
+    ``("timm", tag)`` (timm's default weights of ``architecture`` or a tag of it) or ``("hub", "hf-hub:org/name")``."""
+    from timm.models import get_arch_name
+
+    from .data import looks_like_path
+
+    expanded = os.path.expanduser(source)
+    if os.path.exists(expanded):
+        return "path", expanded
+    if looks_like_path(source) or source.endswith((".safetensors", ".pth", ".pt", ".bin", ".ckpt")):
+        raise FileNotFoundError(
+            f"--student_pretrained {source!r} does not exist: give a weights file (.safetensors / .pth), a saved "
+            "model directory, `true` (timm's default weights), a timm tag (resnet18.a1_in1k) or a Hub id"
+        )
+    if source.lower() in PRETRAINED_DEFAULT:
+        return "timm", architecture
+    if source.startswith("hf-hub:") or ("/" in source and ":" not in source):
+        return "hub", source if source.startswith("hf-hub:") else f"hf-hub:{source}"
+    if timm.is_model(source):
+        if get_arch_name(source) != get_arch_name(architecture):
+            raise ValueError(
+                f"--student_pretrained {source!r} holds weights of {get_arch_name(source)!r}, the student is "
+                f"{architecture!r}: choose weights of the student's architecture (or that architecture as the student)"
+            )
+        return "timm", source
+    raise ValueError(
+        f"--student_pretrained {source!r} is neither a path, `true`, a timm tag of {architecture!r} (e.g. "
+        f"{architecture}.<tag>: timm.list_pretrained('{architecture}*') lists them) nor a Hub id (org/name)"
+    )
+
+
+def pretrained_stats(source: str, architecture: str) -> Optional[tuple]:
+    """``(mean, std)`` the weights were trained with, where it can be read without loading them (a timm tag, a
+    directory in timm's layout), else None: a plain run of a pretrained student normalises as its weights expect."""
+    kind, name = pretrained_source_kind(source, architecture)
+    cfg = None
+    if kind == "timm":
+        from timm.models import get_pretrained_cfg
+
+        pcfg = get_pretrained_cfg(name)
+        cfg = pcfg.to_dict() if pcfg is not None else None
+    elif kind == "path" and os.path.isfile(os.path.join(name, "config.json")):
+        with open(os.path.join(name, "config.json")) as f:
+            cfg = json.load(f).get("pretrained_cfg")
+    if cfg and cfg.get("mean") and cfg.get("std"):
+        return tuple(cfg["mean"]), tuple(cfg["std"])
+    return None
+
+
+def _is_student_dir(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "config.json")) as f:
+            return json.load(f).get("model_type") == MKCDStudentForImageClassification.config_class.model_type
+    except (OSError, ValueError):
+        return False
+
+
+def load_student_pretrained(backbone: nn.Module, source: str, architecture: str) -> str:
+    """Initialise a student's timm ``backbone`` from pretrained weights, as ``timm.create_model(pretrained=True,
+    num_classes=N)`` does: every weight but the classifier loaded, the classifier kept at its fresh initialisation
+    where the weights' head predicts another number of classes (or the student reuses the teacher's head), the first
+    convolution adapted to the student's channels. Weights that do not fit the architecture are refused, naming the
+    keys. Returns what was loaded, for the log and the card."""
+    kind, name = pretrained_source_kind(source, architecture)
+    if kind == "path" and os.path.isdir(name) and _is_student_dir(name):  # any hf_mkcd student: its backbone
+        sd = MKCDStudentForImageClassification.from_pretrained(name).backbone.state_dict()
+    elif kind == "path" and os.path.isdir(name):
+        donor = _load_directory(name)
+        if not hasattr(donor, "get_classifier") or type(donor).__name__ == "TransformersTeacher":
+            raise ValueError(f"--student_pretrained {source!r}: the directory holds no timm model of {architecture}")
+        sd = donor.state_dict()
+    elif kind == "path":
+        sd = read_state_dict(name)
+    else:
+        sd = _timm_pretrained(name).state_dict()
+    own = backbone.state_dict()
+    sd = _prepare(sd, own, backbone)
+    classifier = (getattr(backbone, "pretrained_cfg", None) or {}).get("classifier") or ""
+    head_keys = {k for k in set(sd) | set(own) if classifier and (k == classifier or k.startswith(classifier + "."))}
+    head_kept = bool(head_keys) and all(k in sd and k in own and sd[k].shape == own[k].shape for k in head_keys)
+    if not head_kept:  # another class count, or the teacher's head: the student's own classifier starts fresh
+        sd = {k: v for k, v in sd.items() if k not in head_keys}
+    missing, unexpected, shapes = _problems(sd, own)
+    missing = [k for k in missing if k not in head_keys]
+    if missing or shapes:
+        lines = [f"--student_pretrained {source!r} does not fit the student {architecture}:"]
+        for title, items in (("missing from the weights", missing), ("shape mismatch", shapes)):
+            if items:
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(items[:8]) + (" ..." if len(items) > 8 else ""))
+        lines.append("  give weights of the student's architecture (timm.list_pretrained lists timm's)")
+        raise CheckpointError("\n".join(lines))
+    if unexpected:  # more than the student builds (e.g. the zoo's 1x1 expansion the projector does not read)
+        logger.warning(
+            f"--student_pretrained: {len(unexpected)} weight(s) not used, the student does not build them: "
+            + ", ".join(unexpected[:6])
+            + (" ..." if len(unexpected) > 6 else "")
+        )
+        sd = {k: v for k, v in sd.items() if k in own}
+    backbone.load_state_dict(sd, strict=False)
+    described = f"{name if kind != 'timm' else 'timm:' + name} ({len(sd)} tensors"
+    described += ", classifier kept)" if head_kept else ", classifier re-initialised)" if head_keys else ")"
+    logger.info(f"student initialised from {described}")
+    return described

@@ -75,6 +75,7 @@ def distillation_info(trainer, model_args, data_args, data=None) -> dict:
             "params": sum(p.numel() for p in student.parameters())
             + sum(b.numel() for n, b in student.named_buffers() if n.startswith("classifier.")),
             "mflops": count_mflops(Logits(student), size),
+            "pretrained_from": getattr(student, "pretrained_from", None),
         },
         "projector": {
             "name": cfg.projector,
@@ -85,6 +86,7 @@ def distillation_info(trainer, model_args, data_args, data=None) -> dict:
         "dataset": data_args.dataset_name,
         "eval_set": data.eval_description if data is not None else None,
         "eval_split": data.eval_split if data is not None else (data_args.eval_split or "validation"),
+        "pipeline": data.pipeline if data is not None else None,
     }
     if trainer.teacher is not None:
         teacher_dir = model_args.teacher_model_name_or_path
@@ -180,14 +182,67 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.2f}"
 
 
-def student_card(
-    output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None, license: str = "apache-2.0"
-):
-    """The model card of a finished distillation run (``huggingface_hub.ModelCard``)."""
-    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+def _eval_results(results: dict, info: dict) -> list:
+    """The model-index entries (top-1 and top-5 on the evaluation split), which the Hub parses."""
+    from huggingface_hub import EvalResult
 
-    from .distillers.base import get_distiller_class
+    dataset = info["dataset"]
+    out = []
+    for key, metric_type, metric_name in (
+        ("eval_top1", "accuracy", "top-1 accuracy"),
+        ("eval_top5", "top_5_accuracy", "top-5 accuracy"),
+    ):
+        if key in results:
+            out.append(
+                EvalResult(
+                    task_type="image-classification",
+                    task_name="Image Classification",
+                    dataset_type=dataset,
+                    dataset_name=dataset,
+                    dataset_split=info["eval_split"],
+                    metric_type=metric_type,
+                    metric_name=metric_name,
+                    metric_value=round(results[key], 6),
+                )
+            )
+    return out
 
+
+def _training_summary(run_config: dict, info: Optional[dict] = None) -> str:
+    epochs = run_config.get("num_train_epochs")
+    optim_args = f" ({run_config['optim_args']})" if run_config.get("optim_args") else ""
+    pipeline = (info or {}).get("pipeline") or f"augmentation {run_config.get('augmentation')}"
+    return (
+        (f"{epochs:g} epochs" if run_config.get("max_steps", -1) in (-1, None) else f"{run_config['max_steps']} steps")
+        + f", batch {run_config.get('per_device_train_batch_size')} per device, {run_config.get('optim')}"
+        f"{optim_args}, LR {run_config.get('learning_rate')} ({run_config.get('lr_scheduler_type')}"
+        + (
+            f", x{run_config.get('lr_decay_rate')} after epochs {run_config.get('lr_decay_epochs')}"
+            if run_config.get("lr_decay_epochs")
+            else ""
+        )
+        + f"), weight decay {run_config.get('weight_decay')}, seed {run_config.get('seed')}; data: {pipeline}"
+    )
+
+
+def _initialisation(info: dict) -> str:
+    pretrained = (info.get("student") or {}).get("pretrained_from")
+    return f"starting from pretrained weights ({pretrained})" if pretrained else "from random initialisation"
+
+
+def _input_fields(config: dict) -> dict:
+    """Classes and input of a saved model, from hf_mkcd's config or timm's Hub layout (``pretrained_cfg``)."""
+    timm_cfg = config.get("pretrained_cfg") or {}
+    return {
+        "num_labels": config.get("num_labels")
+        or config.get("num_classes")
+        or len(config.get("id2label") or config.get("label_names") or []),
+        "image_size": config.get("image_size") or timm_cfg.get("input_size", [0])[-1],
+        "num_channels": config.get("num_channels") or timm_cfg.get("input_size", [3])[0],
+    }
+
+
+def _read_run(output_dir: str):
     results = _read(output_dir, "all_results.json")
     info = _read(output_dir, INFO_NAME)
     config = _read(output_dir, "config.json")
@@ -197,6 +252,64 @@ def student_card(
             f"{output_dir!r} is not a finished hf_mkcd run (all_results.json, {INFO_NAME}, config.json and "
             "run_config.yaml are needed)"
         )
+    return results, info, config, run_config
+
+
+def classifier_card(output_dir: str, repo_id: Optional[str] = None, license: str = "apache-2.0"):
+    """The model card of a run without a teacher (a teacher, or the vanilla baseline): a plain classifier's card,
+    its data, recipe, accuracy and how to load it; nothing about distillation."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    results, info, config, run_config = _read_run(output_dir)
+    repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
+    dataset = info["dataset"]
+    arch = info["student"]["architecture"]
+    card_data = ModelCardData(
+        library_name="timm" if config.get("architecture") else "transformers",
+        pipeline_tag="image-classification",
+        license=license,
+        model_name=repo_id,
+        tags=["image-classification", "timm", "hf_mkcd"],
+        datasets=[dataset] if "/" in dataset and not os.path.exists(dataset) else None,
+        metrics=["accuracy"],
+        eval_results=_eval_results(results, info),
+    )
+    curves = training_curves(output_dir)
+    with open(os.path.join(output_dir, "run_config.yaml")) as f:
+        run_config_text = f.read()
+    return ModelCard.from_template(
+        card_data,
+        template_str=template("classifier"),
+        model_name=repo_id,
+        repo_id=repo_id,
+        student_arch=arch,
+        init=_initialisation(info),
+        dataset=dataset,
+        **_input_fields(config),
+        eval_set=info.get("eval_set") or f"{info['eval_split']}, {results.get('eval_samples')} images",
+        top1=_pct(results.get("eval_top1")),
+        top5=_pct(results.get("eval_top5")),
+        test_top1=_pct(results["test_top1"]) if "test_top1" in results else None,
+        test_split=run_config.get("test_split"),
+        params=f"{info['student']['params']:,}",
+        mflops=f"{info['student']['mflops']:.1f}",
+        training_summary=_training_summary(run_config, info),
+        run_config=run_config_text.strip(),
+        curves_file=os.path.basename(curves) if curves else CURVES_NAME,
+        remote_code="" if not arch.startswith("cifar_") and config.get("architecture") else ", trust_remote_code=True",
+        citations=LIBRARY_BIBTEX,
+    )
+
+
+def student_card(
+    output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None, license: str = "apache-2.0"
+):
+    """The model card of a finished distillation run (``huggingface_hub.ModelCard``)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from .distillers.base import get_distiller_class
+
+    results, info, config, run_config = _read_run(output_dir)
     method = get_distiller_class(info["method"])
     repo_id = repo_id or os.path.basename(os.path.abspath(output_dir))
     dataset = info["dataset"]
@@ -212,31 +325,7 @@ def student_card(
     ):  # a local directory: its path means nothing elsewhere
         local_name = os.path.basename(os.path.normpath(teacher_label))
         teacher_label = f"{teacher.get('architecture') or 'teacher'} (trained locally: {local_name}/)"
-    eval_results = [
-        EvalResult(
-            task_type="image-classification",
-            task_name="Image Classification",
-            dataset_type=dataset,
-            dataset_name=dataset,
-            dataset_split=info["eval_split"],
-            metric_type="accuracy",
-            metric_name="top-1 accuracy",
-            metric_value=round(results["eval_top1"], 6),
-        )
-    ]
-    if "eval_top5" in results:
-        eval_results.append(
-            EvalResult(
-                task_type="image-classification",
-                task_name="Image Classification",
-                dataset_type=dataset,
-                dataset_name=dataset,
-                dataset_split=info["eval_split"],
-                metric_type="top_5_accuracy",
-                metric_name="top-5 accuracy",
-                metric_value=round(results["eval_top5"], 6),
-            )
-        )
+    eval_results = _eval_results(results, info)
     card_data = ModelCardData(
         library_name="transformers",
         pipeline_tag="image-classification",
@@ -288,10 +377,15 @@ def student_card(
     if vanilla_dir:
         vanilla = _read(vanilla_dir, "all_results.json") or {}
         vinfo = _read(vanilla_dir, INFO_NAME) or {}
+        if vinfo.get("eval_set") and vinfo.get("eval_set") != info.get("eval_set"):
+            note += (
+                f" The vanilla student was evaluated on other images ({vinfo['eval_set']}): its row does not compare "
+                "like with like."
+            )
         rows.append(
             {
-                "name": f"`{info['student']['architecture']}`",
-                "role": "vanilla student (no teacher, same budget)",
+                "name": f"`{(vinfo.get('student') or {}).get('architecture', info['student']['architecture'])}`",
+                "role": f"vanilla student (no teacher, {_initialisation(vinfo)})",
                 "top1": _pct(vanilla.get("eval_top1")),
                 "top5": _pct(vanilla.get("eval_top5")),
                 "params": f"{(vinfo.get('student') or {}).get('params', 0):,}",
@@ -299,19 +393,7 @@ def student_card(
             }
         )
     curves = training_curves(output_dir)
-    epochs = run_config.get("num_train_epochs")
-    training = (
-        (f"{epochs:g} epochs" if run_config.get("max_steps", -1) in (-1, None) else f"{run_config['max_steps']} steps")
-        + f", batch {run_config.get('per_device_train_batch_size')} per device, {run_config.get('optim')} "
-        f"({run_config.get('optim_args')}), LR {run_config.get('learning_rate')} ({run_config.get('lr_scheduler_type')}"
-        + (
-            f", x{run_config.get('lr_decay_rate')} after epochs {run_config.get('lr_decay_epochs')}"
-            if run_config.get("lr_decay_epochs")
-            else ""
-        )
-        + f"), weight decay {run_config.get('weight_decay')}, augmentation {run_config.get('augmentation')}, seed "
-        f"{run_config.get('seed')}"
-    )
+    training = _training_summary(run_config, info)
     citations = "\n\n".join(
         b
         for b in (method.bibtex, get_distiller_class("mkcd").bibtex if info["method"] != "mkcd" else "", LIBRARY_BIBTEX)
@@ -332,9 +414,7 @@ def student_card(
         method_paper=method.paper,
         method_summary=_first_sentence(sys.modules[method.__module__].__doc__) or method.paper,
         dataset=dataset,
-        num_labels=config.get("num_labels", len(config.get("id2label", {}))),
-        image_size=config.get("image_size"),
-        num_channels=config.get("num_channels"),
+        **_input_fields(config),
         eval_set=info.get("eval_set") or f"{info['eval_split']}, {results.get('eval_samples')} images",
         results=rows,
         results_note=note,
@@ -346,6 +426,7 @@ def student_card(
         projector_params=f"{info['projector']['params']:,}",
         projector_options=_projector_options(info["projector"]),
         head=info["head"],
+        init=_initialisation(info),
         training_summary=training,
         run_config=run_config_text.strip(),
         curves_file=os.path.basename(curves) if curves else CURVES_NAME,
@@ -354,7 +435,13 @@ def student_card(
 
 
 def write_student_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None) -> str:
-    card = student_card(output_dir, repo_id, vanilla_dir)
+    """The card that fits the run's role: a plain classifier's for a run without a teacher, the distillation card
+    (with the vanilla baseline beside it, where ``vanilla_dir`` gives one) for a distilled student."""
+    info = _read(output_dir, INFO_NAME) or {}
+    if not info.get("teacher") and info.get("method", "none") == "none":
+        card = classifier_card(output_dir, repo_id)
+    else:
+        card = student_card(output_dir, repo_id, vanilla_dir)
     path = os.path.join(output_dir, "README.md")
     card.save(path)
     return path

@@ -22,7 +22,7 @@ from transformers import HfArgumentParser, set_seed
 
 from .data import DataArguments, prepare_datasets
 from .distillers import get_distiller_class
-from .loading import load_teacher
+from .loading import load_student_pretrained, load_teacher, pretrained_source_kind, pretrained_stats
 from .models import MKCDStudentConfig, MKCDStudentForImageClassification
 from .models.modeling_mkcd_student import STUDENT_MAPS
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
@@ -35,7 +35,12 @@ from .teacher_cache import tensor_hash
 from .trainer import DistillationTrainer, DistillationTrainingArguments
 
 logger = logging.getLogger("hf_mkcd")
-TIMM_EXPORT_DIR = "timm"  # <output_dir>/timm: a trained classifier as timm.create_model("local-dir:...") reads it
+MODEL_CODE_FILES = sorted(  # what save_pretrained copies beside a student with a projector (remote code)
+    n
+    for n in os.listdir(os.path.dirname(os.path.abspath(__import__("hf_mkcd.models", fromlist=["x"]).__file__)))
+    if n.endswith(".py") and n != "__init__.py"
+)
+TIMM_EXPORT_DIR = "timm"  # where runs before timm's layout became the main one exported a plain classifier
 
 
 @dataclass
@@ -103,6 +108,21 @@ class ModelArguments:
             "is not built) or prepool. Default: last_block for mkcd and simkd, prepool for srrl (docs/methods.md)."
         },
     )
+    student_pretrained: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Start the student from pretrained weights: true (timm's default for the architecture), a timm "
+            "tag (resnet18.a1_in1k), a Hub id, or a local weights file / saved directory. The classifier is "
+            "re-initialised for the dataset's classes, as timm's num_classes does (docs: README, own data)."
+        },
+    )
+    vanilla_dir: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "A finished run of the same student without a teacher (--method none, same data), shown beside "
+            "the distilled student in its card, so the card says whether distilling paid."
+        },
+    )
     skip_teacher_check: bool = field(
         default=False,
         metadata={
@@ -113,8 +133,10 @@ class ModelArguments:
 
     def __post_init__(self):
         # a recipe's value can be cleared from the command line: --teacher_checkpoint none
-        if isinstance(self.teacher_checkpoint, str) and self.teacher_checkpoint.lower() in ("", "none"):
-            self.teacher_checkpoint = None
+        for name in ("teacher_checkpoint", "student_pretrained"):
+            value = getattr(self, name)
+            if isinstance(value, str) and value.lower() in ("", "none", "false"):
+                setattr(self, name, None)
 
     def projector_kwargs(self) -> dict:
         """The projector options set by the user (unset ones keep the projector's own defaults)."""
@@ -236,9 +258,26 @@ def build_parser(dataclass_types, description: Optional[str] = None) -> HfArgume
     return parser
 
 
-def parse_args(dataclass_types, argv: Optional[Sequence[str]] = None, description: Optional[str] = None):
-    """Defaults < YAML/JSON file (first argument) < CLI flags; unknown keys raise."""
+def parse_args(
+    dataclass_types,
+    argv: Optional[Sequence[str]] = None,
+    description: Optional[str] = None,
+    help_path: Optional[str] = None,
+):
+    """Defaults < YAML/JSON file (first argument) < CLI flags; unknown keys raise. ``help_path``: where ``--help``'s
+    text is also written, for the scripts' torch-free ``--help`` (scripts/fast_help.py)."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if help_path is not None and {"-h", "--help"} & set(argv):
+        text = build_parser(dataclass_types, description).format_help()
+        try:
+            os.makedirs(os.path.dirname(help_path), exist_ok=True)
+            with open(help_path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(help_path + ".tmp", help_path)
+        except OSError:  # a read-only home: --help still works, only slower next time
+            pass
+        sys.stdout.write(text)
+        raise SystemExit(0)
     file_args = []
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
         with open(argv.pop(0)) as f:
@@ -291,6 +330,7 @@ def build_student(
                 image_size=image_size,
                 image_mean=list(data.mean),
                 image_std=list(data.std),
+                crop_pct=data.crop_pct,
             )
         )
     kwargs = model_args.projector_kwargs()
@@ -311,6 +351,7 @@ def build_student(
         image_std=data.std,
         teacher_name=model_args.teacher_model_name_or_path,
         student_map=model_args.student_map,
+        crop_pct=data.crop_pct,
     )
 
 
@@ -340,6 +381,14 @@ def check_names(model_args: ModelArguments, training_args: DistillationTrainingA
         raise ValueError(f"method {training_args.method!r} needs --teacher_model_name_or_path")
     if model_args.student_map not in (None, *STUDENT_MAPS):
         raise ValueError(f"--student_map {model_args.student_map!r}: choose one of {', '.join(STUDENT_MAPS)}")
+    vanilla = model_args.vanilla_dir
+    if vanilla is not None and not os.path.isfile(os.path.join(vanilla, "all_results.json")):
+        raise FileNotFoundError(
+            f"--vanilla_dir {model_args.vanilla_dir!r} is not a finished run (no all_results.json): train the "
+            "baseline first (scripts/train_teacher.py with the student's flags, or scripts/distill.py --method none)"
+        )
+    if model_args.student_pretrained is not None:  # a missing file or another architecture's tag, said now
+        pretrained_source_kind(model_args.student_pretrained, model_args.model_name_or_path)
     return method
 
 
@@ -385,8 +434,15 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)
         image_size = data_args.image_size or input_size[-1]
         crop_pct = get_pretrained_cfg_value(model_args.model_name_or_path, "crop_pct")
-        data = prepare_datasets(data_args, None, image_size, views=method.views, crop_pct=crop_pct)  # own channels
+        stats = (None, None)
+        if model_args.student_pretrained is not None:  # normalised as the weights were trained
+            stats = pretrained_stats(model_args.student_pretrained, model_args.model_name_or_path) or stats
+        data = prepare_datasets(data_args, None, image_size, *stats, views=method.views, crop_pct=crop_pct)
     student = build_student(model_args, method, teacher, data, image_size)
+    if model_args.student_pretrained is not None:
+        student.pretrained_from = load_student_pretrained(
+            student.backbone, model_args.student_pretrained, model_args.model_name_or_path
+        )
     trainer = DistillationTrainer(
         model=student,
         teacher_model=teacher,
@@ -400,20 +456,27 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
     return trainer, data
 
 
-def write_card(output_dir: str, repo_id: Optional[str] = None) -> None:
+def write_card(output_dir: str, repo_id: Optional[str] = None, vanilla_dir: Optional[str] = None) -> None:
     """The model card (``README.md`` + training curves) of a finished run, as transformers' example scripts write
     one at the end of every run, pushed or not; the push re-renders it. A card that cannot be written is said, and
     costs the run nothing."""
     from .model_card import write_student_card
 
     try:
-        path = write_student_card(output_dir, repo_id)
+        path = write_student_card(output_dir, repo_id, vanilla_dir)
         logger.info(f"model card: {path}")
     except Exception as err:  # the weights and results are saved; a card can be made later (push_to_hub.py --card_only)
         logger.warning(
             f"the model card could not be written ({type(err).__name__}: {err}); "
             f"scripts/push_to_hub.py {output_dir} --card_only writes it later"
         )
+
+
+def saved_natively(student) -> bool:
+    """Whether a student is saved in timm's Hub layout, which transformers loads without custom code: a plain
+    classifier (no projector, its own head) of an architecture timm itself defines. A projector, a reused teacher head
+    or a CIFAR-zoo backbone (registered in timm by hf_mkcd) needs hf_mkcd's model type and code."""
+    return student.projector is None and student.classifier is None and not student.config.backbone.startswith("cifar_")
 
 
 def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> None:
@@ -423,11 +486,24 @@ def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> Non
         return
     tmp = os.path.join(output_dir, ".final-tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    trainer.save_model(tmp, _internal_call=True)  # the push, if asked for, comes once the run is finished
+    student = trainer.student
+    if saved_natively(student):
+        # a plain classifier (a teacher, a vanilla baseline, a KD student) of a timm architecture: timm's Hub layout
+        # only, which timm, transformers (TimmWrapperForImageClassification, pipeline) and hf_mkcd's teacher loader
+        # read natively, without custom code
+        student.export_timm(tmp)
+        for stale in ("preprocessor_config.json", TIMM_EXPORT_DIR):  # left by a run saved in the older layout
+            path = os.path.join(output_dir, stale)
+            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else None
+            if os.path.isfile(path):
+                os.remove(path)
+        for name in MODEL_CODE_FILES:  # the custom model code a plain classifier does not need
+            if os.path.isfile(os.path.join(output_dir, name)):
+                os.remove(os.path.join(output_dir, name))
+    else:  # a projector or the teacher's head, or a CIFAR-zoo backbone: hf_mkcd's model type, its code beside it
+        trainer.save_model(tmp, _internal_call=True)  # the push, if asked for, comes once the run is finished
     with open(os.path.join(tmp, INFO_NAME), "w") as f:
         json.dump(info, f, indent=2, default=str)
-    if trainer.teacher is None:  # a plain classifier: also in timm's own Hub layout
-        trainer.student.export_timm(os.path.join(tmp, TIMM_EXPORT_DIR))
     fsync_tree(tmp)
     for name in os.listdir(tmp):
         target = os.path.join(output_dir, name)
@@ -435,6 +511,18 @@ def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> Non
             shutil.rmtree(target, ignore_errors=True)
         os.replace(os.path.join(tmp, name), target)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def prune_checkpoints(output_dir: str) -> None:
+    """A finished run's checkpoint-* directories: deleted (the final model is saved beside them; --keep_checkpoints
+    keeps them)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+    removed = [n for n in os.listdir(output_dir) if n.startswith(PREFIX_CHECKPOINT_DIR + "-")]
+    for name in removed:
+        shutil.rmtree(os.path.join(output_dir, name), ignore_errors=True)
+    if removed:
+        logger.info(f"deleted {len(removed)} checkpoint(s) of the finished run (--keep_checkpoints keeps them)")
 
 
 def run(model_args: ModelArguments, data_args: DataArguments, training_args: DistillationTrainingArguments) -> dict:
@@ -494,8 +582,10 @@ def run(model_args: ModelArguments, data_args: DataArguments, training_args: Dis
         trainer.log_metrics("eval", evaluation)
         trainer.save_metrics("eval", evaluation)
         if training_args.do_train and training_args.should_save:
-            write_card(output_dir, training_args.hub_model_id)
+            write_card(output_dir, training_args.hub_model_id, model_args.vanilla_dir)
         run_dir.write_state("finished", results=results)
+        if training_args.should_save and not training_args.keep_checkpoints:
+            prune_checkpoints(output_dir)
     except BaseException as err:
         run_dir.write_state("failed", error=f"{type(err).__name__}: {err}")
         raise

@@ -53,6 +53,8 @@ NOT_FINGERPRINTED = {
     "save_strategy",
     "save_steps",
     "save_total_limit",
+    "keep_checkpoints",
+    "vanilla_dir",
     "save_only_model",
     "report_to",
     "disable_tqdm",

@@ -160,8 +160,21 @@ class DistillationTrainingArguments(TrainingArguments):
     num_train_epochs: float = field(default=240.0, metadata={"help": "Training epochs."})
     eval_strategy: str = field(default="epoch", metadata={"help": "When to evaluate."})
     save_strategy: str = field(default="epoch", metadata={"help": "When to checkpoint."})
-    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept."})
-    logging_steps: float = field(default=50, metadata={"help": "Log every N steps."})
+    save_total_limit: Optional[int] = field(default=2, metadata={"help": "Checkpoints kept while training."})
+    keep_checkpoints: bool = field(
+        default=False,
+        metadata={
+            "help": "Keep the checkpoint-* directories once the run has finished (by default they are deleted then: "
+            "the final model is saved beside them, and a finished run is never resumed)."
+        },
+    )
+    logging_steps: float = field(
+        default=0.01,
+        metadata={
+            "help": "Log the loss terms every N steps; below 1, a fraction of the run's steps (the default 0.01: about "
+            "100 points per run whatever its length, every step on a short one)."
+        },
+    )
     do_train: bool = field(default=True, metadata={"help": "Train (--do_train false: only evaluate)."})
     remove_unused_columns: bool = field(default=False, metadata={"help": "Keep raw image columns for set_transform."})
     ddp_find_unused_parameters: Optional[bool] = field(
@@ -223,6 +236,10 @@ class DistillationTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         method = get_distiller_class(self.method)  # unknown method -> the valid ones are listed
+        if isinstance(self.optim_args, str) and self.optim_args.lower() in ("", "none"):
+            self.optim_args = None  # a recipe for another optimiser clears SGD's momentum=0.9
+        elif self.optim_args == "momentum=0.9" and not str(getattr(self.optim, "value", self.optim)).startswith("sgd"):
+            self.optim_args = None  # the SGD default means nothing to another optimiser (AdamW would refuse it)
         if isinstance(self.distiller_kwargs, str):
             try:
                 self.distiller_kwargs = json.loads(self.distiller_kwargs)

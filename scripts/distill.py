@@ -12,14 +12,22 @@ The output directory ends up holding the student (``AutoModelForImageClassificat
 
 import sys
 
-from hf_mkcd.data import DataArguments
-from hf_mkcd.run import ModelArguments, main_guard, parse_args, run
-from hf_mkcd.trainer import DistillationTrainingArguments
+from fast_help import help_cache_path, print_cached_help
+
+if __name__ == "__main__" and print_cached_help("distill", sys.argv[1:]):  # before torch is imported
+    sys.exit(0)
+
+from hf_mkcd.data import DataArguments  # noqa: E402
+from hf_mkcd.run import ModelArguments, main_guard, parse_args, run  # noqa: E402
+from hf_mkcd.trainer import DistillationTrainingArguments  # noqa: E402
 
 
 def main(argv=None):
     model_args, data_args, training_args = parse_args(
-        (ModelArguments, DataArguments, DistillationTrainingArguments), argv, description=__doc__
+        (ModelArguments, DataArguments, DistillationTrainingArguments),
+        argv,
+        description=__doc__,
+        help_path=help_cache_path("distill"),
     )
     return run(model_args, data_args, training_args)
 

@@ -10,15 +10,20 @@ a model (``AutoModelForImageClassification.from_pretrained`` after ``import hf_m
 
 import sys
 
-from hf_mkcd.data import DataArguments
-from hf_mkcd.run import ModelArguments, main_guard, parse_args, run
-from hf_mkcd.trainer import DistillationTrainingArguments
+from fast_help import help_cache_path, print_cached_help
+
+if __name__ == "__main__" and print_cached_help("train_teacher", sys.argv[1:]):  # before torch is imported
+    sys.exit(0)
+
+from hf_mkcd.data import DataArguments  # noqa: E402
+from hf_mkcd.run import ModelArguments, main_guard, parse_args, run  # noqa: E402
+from hf_mkcd.trainer import DistillationTrainingArguments  # noqa: E402
 
 
 def main(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     model_args, data_args, training_args = parse_args(
-        (ModelArguments, DataArguments, DistillationTrainingArguments), argv
+        (ModelArguments, DataArguments, DistillationTrainingArguments), argv, help_path=help_cache_path("train_teacher")
     )
     if training_args.method != "none" or model_args.teacher_model_name_or_path:
         training_args.method = "none"

@@ -333,3 +333,53 @@ def test_normalisation_is_measured_over_photos_of_different_sizes():
     pixels = torch.cat([torch.from_numpy(np.asarray(im)).reshape(-1, 3).double() / 255 for im in images])
     torch.testing.assert_close(torch.tensor(mean, dtype=torch.float64), pixels.mean(0))
     torch.testing.assert_close(torch.tensor(std, dtype=torch.float64), pixels.std(0))
+
+
+@pytest.mark.parametrize(
+    "sizes, image_size, chosen, why",
+    [
+        ({(60, 40): 3, (150, 100): 2}, 64, "random_resized_crop", "differ in size"),  # photos below 96 px
+        ({(28, 28): 70000}, 16, "crop_flip", "small and of one size"),  # Fashion-MNIST at 16x16
+        ({(28, 56): 70000}, 16, "crop_flip", "small and of one size"),  # its stacked pairs: one size, squashed
+        ({(32, 32): 50000}, 32, "crop_flip", "small and of one size"),  # CIFAR
+        ({(200, 200): 10}, 64, "random_resized_crop", "photo-sized and larger"),
+        ({(32, 32): 10}, 224, "random_resized_crop", "photo-sized"),  # CIFAR for an ImageNet model
+    ],
+)
+def test_the_data_decides_the_pipeline(sizes, image_size, chosen, why):
+    from hf_mkcd.data import choose_pipeline
+
+    got, reason = choose_pipeline("auto", image_size, sizes)
+    assert got == chosen and why in reason
+    assert choose_pipeline("crop_flip", image_size, sizes) == ("crop_flip", "--augmentation crop_flip")
+
+
+def test_the_saved_processor_does_what_the_photo_evaluation_did():
+    """A photo student's image processor crops as its evaluation did (shorter side to size / crop_pct, the centre),
+    never squashing a wide photo: the pipeline a user runs sees what the reported accuracy saw."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_mkcd.data import ImageTransform
+    from hf_mkcd.models import MKCDStudentConfig, MKCDStudentForImageClassification
+
+    mean, std = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (90, 150, 3), dtype=np.uint8))
+    evaluation = ImageTransform("image", "label", 3, 64, mean, std, False, "random_resized_crop", crop_pct=0.875)
+    expected = evaluation({"image": [photo], "label": [0]})["pixel_values"][0]
+    student = MKCDStudentForImageClassification(
+        MKCDStudentConfig(
+            backbone="cifar_resnet20", id2label={0: "a"}, image_size=64, image_mean=mean, image_std=std, crop_pct=0.875
+        )
+    )
+    got = student.image_processor()(photo, return_tensors="pt")["pixel_values"][0]
+    assert got.shape == expected.shape == (3, 64, 64)
+    assert (got - expected).abs().mean() < 1e-3  # the same crop and resampling (rounding apart)
+    squashed = (
+        torch.nn.functional.interpolate(
+            torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None].float(), size=(64, 64), mode="bilinear"
+        )[0]
+        / 255
+    )
+    squashed = (squashed - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert (squashed - expected).abs().mean() > 10 * (got - expected).abs().mean()  # and it is not a squash

@@ -169,3 +169,52 @@ def test_a_checkpoint_with_no_fitting_part_names_the_candidates(tmp_path):
     torch.save({"model": wrapped}, tmp_path / "other.pth")
     with pytest.raises(CheckpointError, match=r"(?s)no part of it fits.*\['model'\], keys under 'module.student.': "):
         load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "other.pth"))
+
+
+def _weights_file(model, path):
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    return str(path)
+
+
+def test_a_pretrained_student_gets_every_weight_but_a_fresh_head(tmp_path):
+    """``--student_pretrained FILE``: as ``timm.create_model(pretrained=True, num_classes=N)``, every weight loaded
+    but the classifier, which keeps its fresh initialisation when the weights' head has another class count (or the
+    student reuses the teacher's head); the first conv summed over RGB for a grayscale student."""
+    from hf_mkcd.loading import load_student_pretrained
+
+    torch.manual_seed(0)
+    donor = timm.create_model("cifar_resnet20", num_classes=100)
+    path = _weights_file(donor, tmp_path / "w.safetensors")
+    torch.manual_seed(1)
+    student = timm.create_model("cifar_resnet20", num_classes=10)
+    fresh_head = student.fc.weight.clone()
+    said = load_student_pretrained(student, path, "cifar_resnet20")
+    assert "classifier re-initialised" in said
+    for key, value in donor.state_dict().items():
+        if not key.startswith("fc."):
+            torch.testing.assert_close(student.state_dict()[key], value, rtol=0, atol=0)
+    torch.testing.assert_close(student.fc.weight, fresh_head, rtol=0, atol=0)
+    same = timm.create_model("cifar_resnet20", num_classes=100)  # the same class count: the head is kept too
+    assert "classifier kept" in load_student_pretrained(same, path, "cifar_resnet20")
+    torch.testing.assert_close(same.fc.weight, donor.fc.weight, rtol=0, atol=0)
+    gray = timm.create_model("cifar_resnet20", num_classes=0, in_chans=1)  # a reused head, grayscale images
+    load_student_pretrained(gray, path, "cifar_resnet20")
+    torch.testing.assert_close(gray.conv1.weight, donor.conv1.weight.sum(1, keepdim=True))
+
+
+def test_pretrained_weights_that_do_not_fit_or_cannot_be_had_are_refused_clearly(tmp_path):
+    from hf_mkcd.hub import HubUnavailableError
+    from hf_mkcd.loading import CheckpointError, load_student_pretrained, pretrained_source_kind
+
+    path = _weights_file(timm.create_model("cifar_resnet20"), tmp_path / "w.safetensors")
+    with pytest.raises(CheckpointError, match=r"does not fit the student cifar_resnet32:\n  missing from the weights"):
+        load_student_pretrained(timm.create_model("cifar_resnet32"), path, "cifar_resnet32")
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        pretrained_source_kind("weights/missing.safetensors", "resnet18")
+    with pytest.raises(ValueError, match="holds weights of 'resnet50', the student is 'resnet18'"):
+        pretrained_source_kind("resnet50.a1_in1k", "resnet18")
+    with pytest.raises(ValueError, match="timm has no pretrained weights for 'cifar_resnet20'"):
+        load_student_pretrained(timm.create_model("cifar_resnet20"), "true", "cifar_resnet20")
+    with pytest.raises(HubUnavailableError, match=r"hf download timm/resnet18\.a1_in1k"):  # offline, not cached
+        load_student_pretrained(timm.create_model("resnet18"), "true", "resnet18")
+    assert pretrained_source_kind("timm/resnet18.a1_in1k", "resnet18") == ("hub", "hf-hub:timm/resnet18.a1_in1k")

@@ -130,13 +130,16 @@ def test_train_teacher_output_is_a_model_and_a_teacher(teacher_dir):
     teacher = load_teacher(str(teacher_dir), num_classes=10)
     assert teacher.pretrained_cfg["input_size"] == (1, 16, 16)  # digits are grayscale: a 1-channel model
     assert AutoModelForImageClassification.from_pretrained(teacher_dir).config.num_labels == 10
-    import timm  # the same classifier in timm's Hub layout, as a timm user expects it
+    assert not (teacher_dir / "timm").exists()  # one copy of the weights (a CIFAR-zoo model: hf_mkcd's layout)
+    assert not [n for n in files if n.startswith("checkpoint-")]  # pruned once the run finished
+    import timm  # the same classifier in timm's Hub layout, on request, as a timm user expects it
 
-    as_timm = timm.create_model(f"local-dir:{teacher_dir / 'timm'}", pretrained=True).eval()
+    student = AutoModelForImageClassification.from_pretrained(teacher_dir)
+    student.export_timm(str(teacher_dir.parent / "as_timm"))
+    as_timm = timm.create_model(f"local-dir:{teacher_dir.parent / 'as_timm'}", pretrained=True).eval()
     x = torch.randn(2, 1, 16, 16)
     with torch.no_grad():
         torch.testing.assert_close(as_timm(x), teacher(x))
-    assert load_teacher(str(teacher_dir / "timm")).pretrained_cfg["input_size"] == (1, 16, 16)
 
 
 @pytest.fixture(scope="module")
@@ -518,7 +521,11 @@ def test_imagenet_recipes_start_on_a_local_copy_of_the_schema(imagenet_schema, t
     )  # random weights stand in for torchvision's
     assert "eval_top1" in results
     config = json.loads((out / "config.json").read_text())
-    assert len(config["id2label"]) == 1000 and config["image_size"] == 224
+    if config.get("architecture"):  # a plain timm student (kd, dkd...): timm's layout, loaded without custom code
+        assert len(config["label_names"]) == 1000 and config["pretrained_cfg"]["input_size"][-1] == 224
+        assert config["pretrained_cfg"]["crop_mode"] == "center" and config["pretrained_cfg"]["crop_pct"] < 1  # photos
+    else:
+        assert len(config["id2label"]) == 1000 and config["image_size"] == 224
     assert json.loads((out / "distillation_info.json").read_text())["eval_set"] == "the 'validation' split, 4 images"
 
 
@@ -669,3 +676,24 @@ def test_normalisation_statistics_from_the_command_line_and_a_recipe(tmp_path):
         train_teacher.main(
             [*TINY, "--output_dir", str(tmp_path / "three"), "--image_mean", "0.3", "--image_std", "1", "1", "1"]
         )
+
+
+def test_help_is_printed_without_importing_torch_once_cached(tmp_path):
+    """The first --help builds the parser (torch is imported: seconds, half a minute under load) and caches its text;
+    the next ones print the same text without importing torch, until hf_mkcd's sources change."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path), "COLUMNS": "100"}
+    script = os.path.join(ROOT, "scripts", "distill.py")
+    first = subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, check=True)
+    again = subprocess.run(
+        [sys.executable, "-X", "importtime", script, "--help"], capture_output=True, text=True, env=env, check=True
+    )
+    assert again.stdout == first.stdout and "--student_pretrained" in first.stdout
+    imported = {line.split("|")[-1].strip() for line in again.stderr.splitlines() if line.startswith("import time")}
+    assert "torch" not in imported and "transformers" not in imported and "fast_help" in imported
+    assert len(os.listdir(tmp_path / "hf_mkcd" / "help")) == 1
+    env["COLUMNS"] = "80"  # another width: another text, built again
+    subprocess.run([sys.executable, script, "--help"], capture_output=True, text=True, env=env, check=True)
+    assert len(os.listdir(tmp_path / "hf_mkcd" / "help")) == 2

@@ -27,6 +27,8 @@ class MKCDStudentConfig(PreTrainedConfig):
         teacher (`str`, *optional*): where the teacher came from (name or path), for the model card.
         image_size (`int`), num_channels (`int`), image_mean / image_std (`list[float]`): the input the
             student was trained on; used for the saved image processor.
+        crop_pct (`float`, *optional*): photos: the evaluation resizes the shorter side to
+            ``image_size / crop_pct`` and crops the centre (timm's); None: the image is resized whole.
     """
 
     model_type = "mkcd_student"
@@ -45,6 +47,7 @@ class MKCDStudentConfig(PreTrainedConfig):
     num_channels: int = 3
     image_mean: list[float] | None = None
     image_std: list[float] | None = None
+    crop_pct: float | None = None
 
     def __post_init__(self, **kwargs):
         if self.head not in HEADS:

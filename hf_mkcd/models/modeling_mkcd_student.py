@@ -134,6 +134,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
         image_std=None,
         teacher_name: Optional[str] = None,
         student_map: Optional[str] = None,
+        crop_pct: Optional[float] = None,
     ) -> "MKCDStudentForImageClassification":
         """Build a student for ``teacher`` (a timm model): probe both feature maps, size the projector,
         copy the teacher's classifier as the frozen head (``head="teacher"``).
@@ -225,6 +226,7 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             num_channels=num_channels,
             image_mean=list(_fit(mean, num_channels)),
             image_std=list(_fit(std, num_channels)),
+            crop_pct=crop_pct,
             id2label={int(k): v for k, v in id2label.items()},
         )
         model = cls(config)
@@ -235,19 +237,25 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
 
     # -- preprocessing and export -------------------------------------------------------------------
     def image_processor(self):
-        """The ``ViTImageProcessor`` matching the training input (resize, rescale, normalise)."""
-        from transformers import ViTImageProcessor
+        """The image processor of the training run's evaluation input: the image resized whole (``ViTImageProcessor``)
+        for CIFAR-sized data, the shorter side resized and the centre cropped at ``crop_pct`` for photos
+        (``BitImageProcessor``, timm's evaluation transform); then rescaled and normalised."""
+        from transformers import BitImageProcessor, ViTImageProcessor
 
         cfg = self.config
         data_cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
         mean = cfg.image_mean or _fit(data_cfg.get("mean", CIFAR100_MEAN), cfg.num_channels)
         std = cfg.image_std or _fit(data_cfg.get("std", CIFAR100_STD), cfg.num_channels)
-        return ViTImageProcessor(
-            size={"height": cfg.image_size, "width": cfg.image_size},
-            image_mean=list(mean),
-            image_std=list(std),
-            do_convert_rgb=cfg.num_channels == 3,
-        )
+        common = dict(image_mean=list(mean), image_std=list(std), do_convert_rgb=cfg.num_channels == 3)
+        if getattr(cfg, "crop_pct", None):
+            return BitImageProcessor(
+                size={"shortest_edge": int(cfg.image_size / cfg.crop_pct)},
+                resample=2,  # PIL bilinear, as the training run's evaluation
+                do_center_crop=True,
+                crop_size={"height": cfg.image_size, "width": cfg.image_size},
+                **common,
+            )
+        return ViTImageProcessor(size={"height": cfg.image_size, "width": cfg.image_size}, resample=2, **common)
 
     def save_pretrained(self, save_directory, *args, **kwargs):
         """``PreTrainedModel.save_pretrained`` + an image processor when none is there yet, so that
@@ -282,6 +290,10 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             "mean": tuple(self.image_processor().image_mean),
             "std": tuple(self.image_processor().image_std),
             "num_classes": cfg.num_labels,
+            # the training run's evaluation transform: photos cropped at crop_pct, small images resized whole
+            "crop_pct": getattr(cfg, "crop_pct", None) or 1.0,
+            "crop_mode": "center" if getattr(cfg, "crop_pct", None) else "squash",
+            "interpolation": "bilinear",
         }
         model_args = dict(cfg.backbone_kwargs or {})
         backbone = copy.deepcopy(self.backbone).to(
