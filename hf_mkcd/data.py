@@ -457,19 +457,34 @@ def scan_images(dataset: Dataset, image_column: str, split: str, sizes: Optional
     bad: Dict[str, list] = {}
     sizes = {} if sizes is None else sizes
     if isinstance(feature, Image):
+        from tqdm.auto import tqdm
+
         raw = dataset.cast_column(image_column, Image(decode=False))
+        budget = DECODE_BUDGET_PIXELS
+        progress = tqdm(total=len(raw), desc=f"checking the {split!r} images", disable=len(raw) < 20_000)
         for start in range(0, len(raw), 1000):
             for offset, item in enumerate(raw[start : start + 1000][image_column]):
+                where = item.get("path") or None
                 try:
                     source = io.BytesIO(item["bytes"]) if item.get("bytes") else item["path"]
                     with PILImage.open(source) as im:
                         mode = im.mode
                         sizes[im.size] = sizes.get(im.size, 0) + 1
-                except Exception as err:  # unreadable bytes or a missing file
-                    mode = f"unreadable ({type(err).__name__})"
+                        if budget > 0:  # decoded whole, as training will: a truncated file fails here, named
+                            budget -= im.size[0] * im.size[1]
+                            im.load()
+                except Exception as err:  # unreadable or truncated bytes, a missing file
+                    mode = f"unreadable ({type(err).__name__}: {str(err)[:80]})"
                 counts[mode] = counts.get(mode, 0) + 1
                 if mode in HIGH_DEPTH_MODES or mode.startswith("unreadable"):
-                    bad.setdefault(mode, []).append(start + offset)
+                    bad.setdefault(mode, []).append((start + offset, where))
+            progress.update(min(1000, len(raw) - start))
+        progress.close()
+        if budget <= 0:
+            logger.info(
+                f"the {split!r} split's first {DECODE_BUDGET_PIXELS / 1e9:g} gigapixels were decoded whole; the rest "
+                "were checked by their headers (a file corrupt past its header fails when training reads it)"
+            )
     else:  # arrays: dtype and shape from a sample of rows (the feature type fixes them for the rest)
         for i in sorted({0, len(dataset) // 2, len(dataset) - 1}):
             array = np.asarray(dataset[i][image_column])
@@ -480,14 +495,17 @@ def scan_images(dataset: Dataset, image_column: str, split: str, sizes: Optional
             try:
                 array_to_uint8(array)
             except ValueError:
-                bad.setdefault(kind, []).append(i)
+                bad.setdefault(kind, []).append((i, None))
             counts[kind] = counts.get(kind, 0) + 1
     if bad:
-        lines = [f"{kind}: {len(rows)} image(s), first at row {rows[0]}" for kind, rows in bad.items()]
+        lines = []
+        for kind, rows in bad.items():
+            shown = ", ".join(f"row {r}" + (f" ({p})" if p else "") for r, p in rows[:5])
+            lines.append(f"{kind}: {len(rows)} image(s): {shown}" + (" ..." if len(rows) > 5 else ""))
         raise ValueError(
-            f"the {split!r} split has images that cannot be converted to 8-bit L/RGB:\n  "
+            f"the {split!r} split has images that cannot be decoded or converted to 8-bit L/RGB:\n  "
             + "\n  ".join(lines)
-            + "\nConvert or drop them (e.g. dataset.filter) before training."
+            + "\nRe-encode or remove those files (or drop the rows, e.g. dataset.filter) before training."
         )
     return counts
 
@@ -509,6 +527,38 @@ def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: s
         raise ValueError(
             f"the {split!r} split has {int(bad.sum())} label(s) outside 0..{num_classes - 1}: {shown}.{hint}"
         )
+
+
+def classes_missing(splits, label_column: str, names: Sequence[str]) -> List[str]:
+    """Each class with no images in a split while another split has some (an empty class folder, a class only in
+    the test split), named with its counts: said before training, where the student could never learn it."""
+    counts = {}
+    for split_name, split_data in splits:
+        labels = np.asarray(split_data.with_format(None)[label_column])
+        counts[split_name] = np.bincount(labels[labels >= 0], minlength=len(names))
+
+    def describe(i: int) -> str:
+        found = [f"{int(c[i])} in {name!r}" for name, c in counts.items() if c[i]]
+        return f"{names[i]!r}" + (f" ({', '.join(found)})" if found else "")
+
+    lines = []
+    for split_name, per_class in counts.items():
+        empty = [i for i in np.flatnonzero(per_class == 0) if any(c[i] for c in counts.values())]
+        never = [i for i in np.flatnonzero(per_class == 0) if not any(c[i] for c in counts.values())]
+        never = never if split_name == splits[0][0] else []  # said once
+        for group, what in ((empty, "no images in"), (never, "no images in any split, including")):
+            if group:
+                shown = ", ".join(describe(i) for i in group[:8])
+                lines.append(
+                    f"{len(group)} class(es) with {what} the {split_name!r} split: {shown}"
+                    + (" ..." if len(group) > 8 else "")
+                    + (
+                        ": the student never sees them in training; add images, or drop the class (its folder)"
+                        if split_name == splits[0][0]
+                        else ": they are never evaluated"
+                    )
+                )
+    return lines
 
 
 def measure_stats(dataset: Dataset, image_column: str, channels: int, n: int = 2000, seed: int = 0):
@@ -549,6 +599,7 @@ def given_stats(mean, std, channels: int):
 
 INDEX_COLUMN = "__index__"
 AUGMENTATIONS = ("auto", "crop_flip", "random_resized_crop", "none")
+DECODE_BUDGET_PIXELS = 2e9  # images decoded whole before training, per split (about 20 s); past it, headers only
 PHOTO_SIZE = 96  # inputs at least this large are photos: timm's transforms; smaller ones are CIFAR-sized
 DEFAULT_CROP_PCT = 0.875  # timm's default evaluation crop (resize to size / 0.875, centre crop)
 
@@ -751,6 +802,8 @@ class PreparedData:
     eval_description: str = ""  # what the evaluation set is, for cards: a split, or images held out of training
     pipeline: str = ""  # the augmentation and evaluation transforms, and why (said in the run plan)
     crop_pct: Optional[float] = None  # the evaluation crop of the photo pipeline (None: the images are resized whole)
+    missing_classes: List[str] = field(default_factory=list)  # classes without images in a split, named
+    modes: Dict[str, int] = field(default_factory=dict)  # the training images' modes and their counts
 
 
 def prepare_datasets(
@@ -814,6 +867,9 @@ def prepare_datasets(
         if len(split_data) == 0:
             raise ValueError(f"the {split_name!r} split of {args.dataset_name!r} is empty")
         check_labels(split_data, label_column, num_classes, split_name)
+    missing = classes_missing(checked, label_column, train.features[label_column].names)
+    for line in missing:
+        logger.warning(f"data: {line}")
     sizes: Dict[tuple, int] = {}
     modes = scan_images(train, image_column, args.train_split, sizes)
     for split_name, split_data in checked[1:]:
@@ -884,4 +940,6 @@ def prepare_datasets(
         + (f" (the first {len(evaluation):,}: --max_eval_samples)" if args.max_eval_samples is not None else ""),
         pipeline,
         crop_pct if augmentation == "random_resized_crop" else None,
+        missing,
+        modes,
     )

@@ -248,12 +248,55 @@ def checkpoint_num_classes(architecture: str, path: str) -> Optional[int]:
     return None
 
 
+def _read_json(path: str) -> dict:
+    """A JSON file of a model directory, or an error naming the file."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (ValueError, UnicodeDecodeError) as err:
+        raise CheckpointError(f"{path!r} is not valid JSON (truncated or edited by hand?): {err}") from err
+
+
 def _load_directory(path: str) -> nn.Module:
+    """A model directory, every file it holds that cannot be read named (a truncated ``model.safetensors``, a
+    config that is not JSON) instead of a library's traceback."""
     cfg_path = os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise ValueError(f"{path!r} has no config.json: not a directory saved by hf_mkcd, transformers or timm")
-    with open(cfg_path) as f:
-        cfg = json.load(f)
+    cfg = _read_json(cfg_path)
+    for name in os.listdir(path):  # the weights, checked before a library reads them (its error names no file)
+        if name.endswith(".safetensors"):
+            _check_safetensors(os.path.join(path, name))
+    for name in ("preprocessor_config.json", "generation_config.json"):
+        if os.path.isfile(os.path.join(path, name)):
+            _read_json(os.path.join(path, name))
+    try:
+        return _load_directory_files(path, cfg)
+    except (CheckpointError, ValueError, ImportError):
+        raise
+    except Exception as err:  # a library's failure on a file it could not parse: name the directory and the cause
+        raise CheckpointError(
+            f"the model directory {path!r} could not be loaded ({type(err).__name__}: {str(err)[:300]}); check that "
+            "its files were copied whole (re-save or re-download it)"
+        ) from err
+
+
+def _check_safetensors(path: str) -> None:
+    from safetensors import safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = list(f.keys())
+            if keys:  # reading the last tensor reaches the end of the file: a truncated one fails here
+                f.get_slice(keys[-1])[...]
+    except Exception as err:
+        raise CheckpointError(
+            f"{path!r} is not a readable safetensors file (truncated or corrupt? {os.path.getsize(path):,} bytes): "
+            f"{err}. Re-save or re-download it."
+        ) from err
+
+
+def _load_directory_files(path: str, cfg: dict) -> nn.Module:
     if cfg.get("model_type") == MKCDStudentForImageClassification.config_class.model_type:
         student = MKCDStudentForImageClassification.from_pretrained(path)
         if student.projector is not None or student.classifier is not None:

@@ -28,7 +28,7 @@ from .models.modeling_mkcd_student import STUDENT_MAPS
 from .models.helpers import check_num_classes, check_timm_name, first_conv_in_channels, teacher_linear_head
 from .hub import HubUnavailableError, hub_reachable, unreachable_reason
 from .model_card import INFO_NAME, distillation_info
-from .preflight import check_teacher
+from .preflight import align_teacher_labels, check_teacher, parse_label_map
 from .callbacks import check_finite_metrics
 from .run_dir import RunDirectory, find_resumable_checkpoint, fsync_tree, run_fingerprint
 from .teacher_cache import tensor_hash
@@ -114,6 +114,14 @@ class ModelArguments:
             "help": "Start the student from pretrained weights: true (timm's default for the architecture), a timm "
             "tag (resnet18.a1_in1k), a Hub id, or a local weights file / saved directory. The classifier is "
             "re-initialised for the dataset's classes, as timm's num_classes does (docs: README, own data)."
+        },
+    )
+    teacher_label_map: Optional[str] = field(
+        default=None,
+        metadata={
+            "help": "Pair the teacher's classes with the dataset's where their names differ: a JSON object (inline, "
+            "or a file) from each dataset class name to the teacher's class name or output index. The pairing is "
+            "measured before training, as any order is."
         },
     )
     vanilla_dir: Optional[str] = field(
@@ -280,8 +288,12 @@ def parse_args(
         raise SystemExit(0)
     file_args = []
     if argv and argv[0].endswith((".yaml", ".yml", ".json")):
-        with open(argv.pop(0)) as f:
-            config = yaml.safe_load(f) or {}
+        recipe = argv.pop(0)
+        try:
+            with open(recipe) as f:
+                config = yaml.safe_load(f) or {}
+        except yaml.YAMLError as err:
+            raise ValueError(f"the recipe {recipe!r} is not valid YAML: {' '.join(str(err).split())}") from err
         if not isinstance(config, dict):
             raise ValueError("a recipe file must hold a mapping of argument names to values")
         file_args = mapping_to_argv(config)
@@ -387,6 +399,7 @@ def check_names(model_args: ModelArguments, training_args: DistillationTrainingA
             f"--vanilla_dir {model_args.vanilla_dir!r} is not a finished run (no all_results.json): train the "
             "baseline first (scripts/train_teacher.py with the student's flags, or scripts/distill.py --method none)"
         )
+    parse_label_map(model_args.teacher_label_map)  # a JSON error, said before anything loads
     if model_args.student_pretrained is not None:  # a missing file or another architecture's tag, said now
         pretrained_source_kind(model_args.student_pretrained, model_args.model_name_or_path)
     return method
@@ -415,20 +428,30 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
         teacher = load_teacher(model_args.teacher_model_name_or_path, checkpoint=model_args.teacher_checkpoint)
         data, image_size = prepare_teacher_data(data_args, teacher, views=method.views)
         check_num_classes(
+            (
+                "Use a teacher trained on this dataset's label set (or the dataset it was trained on)."
+                + "".join(f"\n  - {line}" for line in data.missing_classes)
+            ),
             **{
                 f"teacher {model_args.teacher_model_name_or_path!r}": teacher_linear_head(teacher).out_features,
                 f"dataset {data_args.dataset_name!r}": len(data.id2label),
-            }
+            },
         )
         teacher_check = None
+        label_map = parse_label_map(model_args.teacher_label_map)
         if not model_args.skip_teacher_check:  # meaning, not only shapes: class order and accuracy before training
             teacher.to(training_args.device)
-            teacher_check = check_teacher(teacher, data, image_size, model_args.teacher_model_name_or_path)
+            teacher_check = check_teacher(
+                teacher, data, image_size, model_args.teacher_model_name_or_path, label_map=label_map
+            )
             logger.info(teacher_check.summary())
-            for finding in teacher_check.findings:
-                if not finding.startswith("class order"):  # the score shows the order is right
-                    logger.warning(f"teacher check: {finding}")
+            if teacher_check.verdict == "as expected":  # otherwise the loud warning named them already
+                for finding in teacher_check.findings:
+                    if not finding.startswith("class order"):  # the score shows the order is right
+                        logger.warning(f"teacher check: {finding}")
         else:
+            if label_map is not None:
+                align_teacher_labels(teacher, data.id2label, label_map)
             logger.warning("--skip_teacher_check: the teacher's class order and accuracy on this data are not checked")
     else:
         input_size = get_pretrained_cfg_value(model_args.model_name_or_path, "input_size") or (3, 224, 224)

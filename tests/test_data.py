@@ -96,7 +96,7 @@ def test_unconvertible_images_anywhere_are_refused_before_training(tmp_path):
     images = [PILImage.new("L", (4, 4), 9) for _ in range(5)] + [PILImage.new("I;16", (4, 4), 3000)]
     path = save_images(tmp_path, "deep", images)
     with pytest.raises(
-        ValueError, match="(?s)'train' split has images that cannot be converted.*I;16: 1 image\\(s\\), first at row 5"
+        ValueError, match="(?s)'train' split has images that cannot be decoded or converted.*I;16: 1 image.s.: row 5"
     ):
         prepare_datasets(DataArguments(dataset_name=path), channels=3, image_size=4)
     grays = save_images(tmp_path, "gray", [PILImage.new("LA", (4, 4), (1, 2)) for _ in range(4)])
@@ -115,7 +115,7 @@ def test_array_images_by_dtype(tmp_path):
     )
     assert torch.allclose(data.eval[0]["pixel_values"], torch.full((3, 4, 4), 200 / 255))
     bad = save_images(tmp_path, "big", [np.full((4, 4, 3), 999, np.int64)] * 4, features=features)
-    with pytest.raises(ValueError, match="(?s)cannot be converted.*array int64 4x4x3"):
+    with pytest.raises(ValueError, match="(?s)cannot be decoded or converted.*array int64 4x4x3"):
         prepare_datasets(DataArguments(dataset_name=bad), channels=3, image_size=4)
     from hf_mkcd.data import array_to_uint8
 

@@ -85,11 +85,14 @@ def weights(out):
 
 def test_a_rerun_resumes_only_the_same_run(teacher, tmp_path):
     out = tmp_path / "run"
-    first = distill.main(distill_args(teacher, out))
+    keep = ["--keep_checkpoints", "true"]  # a finished run's checkpoints are deleted unless kept (to extend it later)
+    first = distill.main(distill_args(teacher, out, *keep))
     state = json.loads((out / "run_state.json").read_text())
     assert state["status"] == "finished" and state["fingerprint"]["method"] == "kd"
     before = snapshot(out)
-    again = distill.main(distill_args(teacher, out))  # the same command: finished, nothing retrained or rewritten
+    again = distill.main(
+        distill_args(teacher, out, *keep)
+    )  # the same command: finished, nothing retrained or rewritten
     assert again["eval_top1"] == first["eval_top1"] and snapshot(out) == before
     for extra, field in (
         (["--method", "dkd"], "method"),
@@ -179,14 +182,14 @@ def test_incomplete_checkpoints_are_skipped_and_named(teacher, tmp_path, caplog)
     reference = tmp_path / "reference"
     distill.main(distill_args(teacher, reference))
     out = tmp_path / "broken"
-    distill.main(distill_args(teacher, out, "--max_steps", "6"))
+    distill.main(distill_args(teacher, out, "--max_steps", "6", "--keep_checkpoints", "true"))
     state = json.loads((out / "run_state.json").read_text())
     state["status"] = "failed"  # as if it had been killed after checkpoint-6
     (out / "run_state.json").write_text(json.dumps(state))
     with open(out / "checkpoint-6" / "model.safetensors", "r+b") as f:
         f.truncate(1000)  # a truncated model file
     (out / "checkpoint-4" / "optimizer.pt").write_bytes(b"")  # an empty optimizer state
-    distill.main(distill_args(teacher, out))
+    distill.main(distill_args(teacher, out, "--keep_checkpoints", "true"))
     assert (
         "skipping incomplete checkpoint" in caplog.text
         and "checkpoint-6: model.safetensors is missing or corrupt" in caplog.text
