@@ -234,6 +234,20 @@ def load_state_dict_file(model: nn.Module, path: str) -> nn.Module:
     return model
 
 
+def checkpoint_in_chans(architecture: str, path: str) -> Optional[int]:
+    """Input channels of the first convolution in ``path`` (a checkpoint for the timm ``architecture``), or None:
+    a grayscale teacher given as an architecture and a file is built for one channel, as it was trained."""
+    from timm.models import get_pretrained_cfg_value
+
+    first = get_pretrained_cfg_value(architecture, "first_conv")
+    if not first:
+        return None
+    for key, value in read_state_dict(path).items():
+        if (key == f"{first}.weight" or key.endswith(f".{first}.weight")) and value.ndim == 4:
+            return int(value.shape[1])
+    return None
+
+
 def checkpoint_num_classes(architecture: str, path: str) -> Optional[int]:
     """Rows of the classifier weight in ``path`` (a checkpoint for the timm ``architecture``), or None."""
     from timm.models import get_pretrained_cfg_value
@@ -404,6 +418,7 @@ def load_teacher(
             # the checkpoint's own classifier says how many classes the teacher has (a mismatch with the
             # dataset is reported by the class-count check below, not as a shape error)
             model_kwargs.setdefault("num_classes", checkpoint_num_classes(name_or_path, checkpoint) or num_classes)
+            model_kwargs.setdefault("in_chans", checkpoint_in_chans(name_or_path, checkpoint))
         teacher = create_timm_model(name_or_path, **{k: v for k, v in model_kwargs.items() if v is not None})
         if checkpoint is not None:
             load_state_dict_file(teacher, checkpoint)

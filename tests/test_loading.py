@@ -218,3 +218,18 @@ def test_pretrained_weights_that_do_not_fit_or_cannot_be_had_are_refused_clearly
     with pytest.raises(HubUnavailableError, match=r"hf download timm/resnet18\.a1_in1k"):  # offline, not cached
         load_student_pretrained(timm.create_model("resnet18"), "true", "resnet18")
     assert pretrained_source_kind("timm/resnet18.a1_in1k", "resnet18") == ("hub", "hf-hub:timm/resnet18.a1_in1k")
+
+
+def test_a_grayscale_checkpoint_given_with_its_architecture_builds_a_grayscale_teacher(tmp_path):
+    """The bug hunt's case: a 1-channel teacher given as architecture + --teacher_checkpoint ended in "shape
+    mismatch ... its keys match cifar_resnet20". The checkpoint's first conv says how many channels it takes, as
+    its classifier says how many classes."""
+    from hf_mkcd.models.helpers import first_conv_in_channels
+
+    torch.manual_seed(0)
+    gray = timm.create_model("cifar_resnet20", in_chans=1, num_classes=10).eval()
+    torch.save({"model": gray.state_dict()}, tmp_path / "gray.pth")
+    teacher = load_teacher("cifar_resnet20", checkpoint=str(tmp_path / "gray.pth"))
+    assert first_conv_in_channels(teacher) == 1 and teacher.get_classifier().out_features == 10
+    x = torch.randn(2, 1, 16, 16)
+    torch.testing.assert_close(teacher(x), gray(x))
