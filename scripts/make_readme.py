@@ -183,14 +183,14 @@ def calibration() -> str:
     how far the methods spread (a regime whose gaps are small drowns its ranking in seed noise), and its rank
     agreement with the published CIFAR-100 table of the same pair."""
     lines = [
-        "| candidate | regime | teacher (test) | vanilla (test) | methods' spread (test) | methods run | Spearman ρ | "
-        "Kendall τ | min / cell |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| candidate | regime | teacher (test) | vanilla (test) | methods' spread (test) | methods run | seeds | "
+        "Spearman ρ (per seed) | Kendall τ | min / cell |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for suite in CALIBRATION:
         path = f"results/accuracy/{suite}/summary.json"
         if not os.path.isfile(os.path.join(ROOT, path)):
-            lines.append(f"| `{suite}` | not run yet | | | | | | | |")
+            lines.append(f"| `{suite}` | not run yet | | | | | | | | |")
             continue
         s = _load(path)
         rows = [r for r in s["rows"] if r.get("test")]
@@ -203,8 +203,18 @@ def calibration() -> str:
             + (f"{100 * teacher:.2f}" if teacher is not None else "–")
             + " | "
             + (f"{vanilla:.2f}" if vanilla is not None else "–")
-            + f" | {max(means) - min(means):.2f} | {len(rows)} of {len(expand_cells_of(s))} | "
-            + (f"{agree['spearman']:.2f} | {agree['kendall']:.2f}" if agree else "– | –")
+            + f" | {max(means) - min(means):.2f} | {len(rows)} of {len(expand_cells_of(s))} | {len(s['seeds'])} | "
+            + (
+                f"{agree['spearman']:.2f}"
+                + (
+                    f" ({', '.join(f'{r:.2f}' for r in agree['spearman_per_seed'])})"
+                    if len(agree.get("spearman_per_seed") or []) > 1
+                    else ""
+                )
+                + f" | {agree['kendall']:.2f}"
+                if agree
+                else "– | –"
+            )
             + f" | {sum(r['minutes'] for r in rows) / len(rows):.1f} |"
         )
     return "\n".join(lines) + "\n"
