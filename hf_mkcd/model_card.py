@@ -426,6 +426,7 @@ def student_card(
         projector_params=f"{info['projector']['params']:,}",
         projector_options=_projector_options(info["projector"]),
         head=info["head"],
+        native=bool(config.get("architecture")),  # timm's layout: loaded without custom code
         init=_initialisation(info),
         training_summary=training,
         run_config=run_config_text.strip(),

@@ -476,6 +476,7 @@ def build(model_args: ModelArguments, data_args: DataArguments, training_args: D
     )
     if method.needs_teacher:
         trainer.teacher_check = teacher_check
+    trainer.plan_notes.insert(0, f"data: {data.pipeline}")  # the pipeline and why, with the plan
     return trainer, data
 
 

@@ -224,7 +224,8 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
         words[0] = os.path.join(os.path.dirname(sys.executable), "accelerate")
         run = subprocess.run(words, cwd=tmp_path, capture_output=True, text=True, timeout=900, env=env)
         assert run.returncode == 0, run.stderr[-3000:]
-        assert "why: auto: the images differ in size" in run.stderr  # photos, below 96 px: cropped, not squashed
+        plan = [line for line in run.stderr.splitlines() if "plan: data:" in line]
+        assert plan and "why: auto: the images differ in size" in plan[0]  # photos below 96 px: cropped, not squashed
         assert "student initialised from timm:" in run.stderr and "classifier re-initialised" in run.stderr
     teacher, vanilla, student = (
         tmp_path / d for d in ("teachers/photos", "students/photos-vanilla", "students/photos-kd")
@@ -244,6 +245,7 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
     vanilla_top1 = json.loads((vanilla / "all_results.json").read_text())["eval_top1"]
     assert "vanilla student (no teacher, starting from pretrained weights" in card
     assert f"| {100 * vanilla_top1:.2f} |" in card
+    assert "trust_remote_code" not in card and 'timm.create_model("hf-hub:photos-kd"' in card  # it loads natively
     from transformers import pipeline
 
     classify = pipeline("image-classification", model=str(student))  # no custom code: timm's layout
