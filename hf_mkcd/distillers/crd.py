@@ -78,8 +78,16 @@ class CRD(Distiller):
     def __init__(self, pair=None, temperature=None, **hparams):
         super().__init__(pair, temperature, **hparams)
         n = pair.num_train_samples
-        if not n or n < 2:
-            raise ValueError("crd needs the training-set size (its memory bank has one entry per sample)")
+        if not n:
+            raise ValueError(
+                "crd needs the training-set size (its memory bank has one entry per training image): build it with "
+                "the training set (DistillationTrainer does)"
+            )
+        if n < 2:
+            raise ValueError(
+                f"crd contrasts each training image with others drawn from the training set, which holds {n} image: "
+                "give it at least 2 (CRD's reference draws 16,384 per image), or use another method"
+            )
         dim = int(self.hparams["feat_dim"])
         self.n, self.k = int(n), int(min(self.hparams["nce_k"], n - 1))
         self.embed_s = nn.Linear(pair.student_shapes["pooled"][0], dim)
