@@ -1,9 +1,9 @@
 """Accuracy over methods and seeds (and settings, for ablations): one command per suite, resumable.
 
-    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml         # run (or finish) every cell, then summarise
+    python scripts/benchmark_accuracy.py suites/lowdata.yaml         # run (or finish) every cell, then summarise
     python scripts/benchmark_accuracy.py suites/mkcd_ablation.yaml --cells mkcd_f4 mkcd_r1 --seeds 0
-    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --summarize  # tables and plots from finished cells
-    python scripts/benchmark_accuracy.py suites/fmnist_proxy.yaml --parallel 4   # 4 cells at once sharing the device
+    python scripts/benchmark_accuracy.py suites/lowdata.yaml --summarize  # tables and plots from finished cells
+    python scripts/benchmark_accuracy.py suites/lowdata.yaml --parallel 4   # 4 cells at once sharing the device
 
 A suite (YAML) names the data, one teacher (trained once and shared, or loaded), the student, the training
 budget every cell gets, the seeds, and the cells: a method and any flags of scripts/distill.py. Each

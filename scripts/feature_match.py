@@ -1,6 +1,6 @@
 """How closely a reused-head student's projected map follows its teacher's, on the run's own held-out images.
 
-    python scripts/feature_match.py runs/benchmarks/fmnist_proxy_cross/simkd/seed0 ... \
+    python scripts/feature_match.py runs/benchmarks/lowdata_cross/simkd/seed0 ... \
         [--samples 1000] [--output_file results/feature_match.json]
 
 For each finished run directory of a student that reuses the teacher's classifier (MKCD, SimKD, SRRL), rebuilds the

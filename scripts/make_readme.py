@@ -163,7 +163,7 @@ def accuracy(suite: str) -> str:
     return benchmark_accuracy.markdown_summary(_load(f"results/accuracy/{suite}/summary.json"))
 
 
-PROXY_PAIRS = ("fmnist_proxy", "fmnist_proxy_wrn", "fmnist_proxy_cross")  # the proxy suites, one pair each
+PROXY_PAIRS = ("lowdata", "lowdata_wrn", "lowdata_cross")  # the proxy suites, one pair each
 
 
 def across_pairs() -> str:
