@@ -461,3 +461,23 @@ def test_the_channels_cause_reports_the_share_of_each_mode():
     data = SimpleNamespace(mean=[0.5], std=[0.25], channels=3, source_channels=3, modes={"L": 359, "RGB": 1})
     (cause,) = [c for c in possible_causes(teacher, data, 8, True) if c.startswith("channels")]
     assert "the training images are 99.7 % L, 0.3 % RGB" in cause
+
+
+def test_a_class_only_in_the_test_split_is_named_in_the_class_count_refusal(tmp_path):
+    """The bug hunt's case: a class folder only in 'test' made the dataset one class larger than the teacher, refused
+    as a class-count mismatch naming neither the class nor the split."""
+    two = _photo_folder(tmp_path / "two", {"cat": (6, 2), "dog": (6, 2)})
+    res = _distill(None, two, tmp_path / "teacher", "--image_size", "32", method="none")
+    assert res.returncode == 0, res.stderr[-3000:]
+    three = _photo_folder(tmp_path / "three", {"cat": (6, 2), "dog": (6, 2), "fox": (0, 2)})
+    res = _distill(str(tmp_path / "teacher"), three, tmp_path / "kd")
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert "class-count mismatch" in res.stderr and "'fox' (2 in 'test')" in res.stderr
+
+
+def test_crd_on_a_single_training_image_says_why_and_what_to_do():
+    from types import SimpleNamespace
+
+    pair = SimpleNamespace(num_train_samples=1, student_shapes={"pooled": (8,)}, teacher_shapes={"pooled": (8,)})
+    with pytest.raises(ValueError, match="training set, which holds 1 image: give it at least 2"):
+        get_distiller_class("crd")(pair)
