@@ -518,8 +518,9 @@ def save_final(trainer: DistillationTrainer, output_dir: str, info: dict) -> Non
         student.export_timm(tmp)
         for stale in ("preprocessor_config.json", TIMM_EXPORT_DIR):  # left by a run saved in the older layout
             path = os.path.join(output_dir, stale)
-            shutil.rmtree(path, ignore_errors=True) if os.path.isdir(path) else None
-            if os.path.isfile(path):
+            if os.path.isdir(path):
+                shutil.rmtree(path)
+            elif os.path.isfile(path):
                 os.remove(path)
         for name in MODEL_CODE_FILES:  # the custom model code a plain classifier does not need
             if os.path.isfile(os.path.join(output_dir, name)):
