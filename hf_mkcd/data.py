@@ -29,6 +29,7 @@ from datasets import ClassLabel, Dataset, DatasetDict, Features, Image, load_dat
 from PIL import Image as PILImage
 
 from .augment import VIEWS, crop_flip, sample_seed
+from .models.helpers import fit_channels
 
 logger = logging.getLogger("hf_mkcd")
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -516,8 +517,9 @@ def source_channels_of(modes: Dict[str, int]) -> int:
     return 1 if gray else 3
 
 
-def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: str) -> None:
-    """Every label in 0..num_classes-1 (-1 is the datasets convention for "no label"): read before training."""
+def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: str) -> np.ndarray:
+    """Every label in 0..num_classes-1 (-1 is the datasets convention for "no label"): read before training.
+    Returns the number of images of each class."""
     labels = np.asarray(dataset.with_format(None)[label_column])
     bad = (labels < 0) | (labels >= num_classes)
     if bad.any():
@@ -527,15 +529,14 @@ def check_labels(dataset: Dataset, label_column: str, num_classes: int, split: s
         raise ValueError(
             f"the {split!r} split has {int(bad.sum())} label(s) outside 0..{num_classes - 1}: {shown}.{hint}"
         )
+    return np.bincount(labels, minlength=num_classes)
 
 
-def classes_missing(splits, label_column: str, names: Sequence[str]) -> List[str]:
-    """Each class with no images in a split while another split has some (an empty class folder, a class only in
-    the test split), named with its counts: said before training, where the student could never learn it."""
-    counts = {}
-    for split_name, split_data in splits:
-        labels = np.asarray(split_data.with_format(None)[label_column])
-        counts[split_name] = np.bincount(labels[labels >= 0], minlength=len(names))
+def classes_missing(counts: Dict[str, np.ndarray], names: Sequence[str]) -> List[str]:
+    """Each class with no images in a split (``counts``: each split's images per class, the training split first)
+    while another split has some (an empty class folder, a class only in the test split), named with its counts:
+    said before training, where the student could never learn it."""
+    first = next(iter(counts))
 
     def describe(i: int) -> str:
         found = [f"{int(c[i])} in {name!r}" for name, c in counts.items() if c[i]]
@@ -545,7 +546,7 @@ def classes_missing(splits, label_column: str, names: Sequence[str]) -> List[str
     for split_name, per_class in counts.items():
         empty = [i for i in np.flatnonzero(per_class == 0) if any(c[i] for c in counts.values())]
         never = [i for i in np.flatnonzero(per_class == 0) if not any(c[i] for c in counts.values())]
-        never = never if split_name == splits[0][0] else []  # said once
+        never = never if split_name == first else []  # said once
         for group, what in ((empty, "no images in"), (never, "no images in any split, including")):
             if group:
                 shown = ", ".join(describe(i) for i in group[:8])
@@ -554,7 +555,7 @@ def classes_missing(splits, label_column: str, names: Sequence[str]) -> List[str
                     + (" ..." if len(group) > 8 else "")
                     + (
                         ": the student never sees them in training; add images, or drop the class (its folder)"
-                        if split_name == splits[0][0]
+                        if split_name == first
                         else ": they are never evaluated"
                     )
                 )
@@ -863,11 +864,12 @@ def prepare_datasets(
         evaluation = evaluation.select(range(min(args.max_eval_samples, len(evaluation))))
     num_classes = train.features[label_column].num_classes
     checked = [(args.train_split, train), (eval_split, evaluation)] + ([(args.test_split, test)] if test else [])
+    per_class: Dict[str, np.ndarray] = {}
     for split_name, split_data in checked:
         if len(split_data) == 0:
             raise ValueError(f"the {split_name!r} split of {args.dataset_name!r} is empty")
-        check_labels(split_data, label_column, num_classes, split_name)
-    missing = classes_missing(checked, label_column, train.features[label_column].names)
+        per_class[split_name] = check_labels(split_data, label_column, num_classes, split_name)
+    missing = classes_missing(per_class, train.features[label_column].names)
     for line in missing:
         logger.warning(f"data: {line}")
     sizes: Dict[tuple, int] = {}
@@ -880,7 +882,7 @@ def prepare_datasets(
     if args.image_mean is not None or args.image_std is not None:
         mean, std = given_stats(args.image_mean, args.image_std, channels)
     elif mean is not None and len(mean) != channels:  # e.g. an RGB model's statistics for grayscale images
-        mean, std = [sum(mean) / len(mean)] * channels, [sum(std) / len(std)] * channels
+        mean, std = list(fit_channels(mean, channels)), list(fit_channels(std, channels))
     elif mean is None:
         known = KNOWN_STATS.get(args.dataset_name)
         mean, std = known if known and len(known[0]) == channels else measure_stats(train, image_column, channels)

@@ -242,6 +242,13 @@ def _input_fields(config: dict) -> dict:
     }
 
 
+def _curves_and_run_config(output_dir: str) -> tuple:
+    """What every card embeds from the run's files: the training curves (drawn now) and run_config.yaml's text."""
+    curves = training_curves(output_dir)
+    with open(os.path.join(output_dir, "run_config.yaml")) as f:
+        return (os.path.basename(curves) if curves else CURVES_NAME), f.read()
+
+
 def _read_run(output_dir: str):
     results = _read(output_dir, "all_results.json")
     info = _read(output_dir, INFO_NAME)
@@ -274,9 +281,7 @@ def classifier_card(output_dir: str, repo_id: Optional[str] = None, license: str
         metrics=["accuracy"],
         eval_results=_eval_results(results, info),
     )
-    curves = training_curves(output_dir)
-    with open(os.path.join(output_dir, "run_config.yaml")) as f:
-        run_config_text = f.read()
+    curves_file, run_config_text = _curves_and_run_config(output_dir)
     return ModelCard.from_template(
         card_data,
         template_str=template("classifier"),
@@ -295,7 +300,7 @@ def classifier_card(output_dir: str, repo_id: Optional[str] = None, license: str
         mflops=f"{info['student']['mflops']:.1f}",
         training_summary=_training_summary(run_config, info),
         run_config=run_config_text.strip(),
-        curves_file=os.path.basename(curves) if curves else CURVES_NAME,
+        curves_file=curves_file,
         remote_code="" if not arch.startswith("cifar_") and config.get("architecture") else ", trust_remote_code=True",
         citations=LIBRARY_BIBTEX,
     )
@@ -392,15 +397,13 @@ def student_card(
                 "mflops": f"{(vinfo.get('student') or {}).get('mflops', 0):.1f}",
             }
         )
-    curves = training_curves(output_dir)
+    curves_file, run_config_text = _curves_and_run_config(output_dir)
     training = _training_summary(run_config, info)
     citations = "\n\n".join(
         b
         for b in (method.bibtex, get_distiller_class("mkcd").bibtex if info["method"] != "mkcd" else "", LIBRARY_BIBTEX)
         if b
     )
-    with open(os.path.join(output_dir, "run_config.yaml")) as f:
-        run_config_text = f.read()
     return ModelCard.from_template(
         card_data,
         template_str=template("student"),
@@ -430,7 +433,7 @@ def student_card(
         init=_initialisation(info),
         training_summary=training,
         run_config=run_config_text.strip(),
-        curves_file=os.path.basename(curves) if curves else CURVES_NAME,
+        curves_file=curves_file,
         citations=citations,
     )
 

@@ -31,7 +31,7 @@ from typing import Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .models.helpers import first_conv_in_channels, match_channels, teacher_linear_head
+from .models.helpers import first_conv_in_channels, fit_channels, match_channels, teacher_linear_head
 
 logger = logging.getLogger("hf_mkcd")
 CHECK_SAMPLES = 512  # held-out images the teacher classifies: enough to tell 10% from 20% at 3 standard deviations
@@ -280,18 +280,13 @@ def renormalised(from_mean, from_std, to_mean, to_std):
 
     def fn(x):
         c = x.shape[1]
-        a = torch.tensor(_per_channel(from_std, c), device=x.device).view(1, c, 1, 1)
-        b = torch.tensor(_per_channel(from_mean, c), device=x.device).view(1, c, 1, 1)
-        m = torch.tensor(_per_channel(to_mean, c), device=x.device).view(1, c, 1, 1)
-        s = torch.tensor(_per_channel(to_std, c), device=x.device).view(1, c, 1, 1)
+        a = torch.tensor(fit_channels(from_std, c), device=x.device).view(1, c, 1, 1)
+        b = torch.tensor(fit_channels(from_mean, c), device=x.device).view(1, c, 1, 1)
+        m = torch.tensor(fit_channels(to_mean, c), device=x.device).view(1, c, 1, 1)
+        s = torch.tensor(fit_channels(to_std, c), device=x.device).view(1, c, 1, 1)
         return (x * a + b - m) / s
 
     return fn
-
-
-def _per_channel(values, c: int) -> List[float]:
-    values = [float(v) for v in values]
-    return values if len(values) == c else [sum(values) / len(values)] * c
 
 
 def best_order_top1(predicted: torch.Tensor, true: torch.Tensor, num_classes: int) -> float:

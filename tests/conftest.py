@@ -31,6 +31,24 @@ def tiny_data(
     return prepare_datasets(args, channels, size, views=views)
 
 
+def photo_folder(root, per_class: dict, sizes=(48, 160)) -> str:
+    """An imagefolder of random JPEG photos, ``root/{train,test}/<class>/i.jpg``, each of a random width and height
+    drawn from ``sizes`` (mixed sizes and aspect ratios); ``per_class`` maps a class to its (train, test) counts."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name, counts in per_class.items():
+        for split, n in zip(("train", "test"), counts):
+            os.makedirs(os.path.join(root, split, name), exist_ok=True)
+            for i in range(n):
+                w, h = (int(v) for v in rng.integers(*sizes, 2))
+                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
+                    os.path.join(root, split, name, f"{i}.jpg"), quality=90
+                )
+    return str(root)
+
+
 def tiny_teacher(seed: int = 0, in_chans: int = 1, num_classes: int = 10):
     import timm
 

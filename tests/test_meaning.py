@@ -8,7 +8,7 @@ import sys
 
 import pytest
 import torch
-from conftest import tiny_args, tiny_data, tiny_student, tiny_teacher
+from conftest import photo_folder, tiny_args, tiny_data, tiny_student, tiny_teacher
 
 from hf_mkcd.data import DataArguments
 from hf_mkcd.distillers import get_distiller_class
@@ -393,25 +393,10 @@ def test_through_distill_py_two_classes_are_said_and_a_last_image_alone_is_dropp
     assert state["global_step"] == 4
 
 
-def _photo_folder(root, per_class, sizes=(40, 70)):
-    """``root/{train,test}/<class>/i.jpg``: ``per_class`` maps a class to its (train, test) image counts."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    for name, counts in per_class.items():
-        for split, n in zip(("train", "test"), counts):
-            os.makedirs(root / split / name, exist_ok=True)
-            for i in range(n):
-                w, h = (int(v) for v in rng.integers(*sizes, 2))
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(root / split / name / f"{i}.jpg")
-    return str(root)
-
-
 def test_a_truncated_jpeg_is_named_before_training_and_a_class_without_training_images_is_said(tmp_path):
     """The bug hunt's cases: a truncated JPEG passed the header scan and killed the run mid-epoch naming no file;
     a class folder empty in 'train' trained with no word."""
-    folder = _photo_folder(tmp_path / "photos", {"cat": (6, 2), "dog": (6, 2), "fox": (0, 2)})
+    folder = photo_folder(tmp_path / "photos", {"cat": (6, 2), "dog": (6, 2), "fox": (0, 2)}, sizes=(40, 70))
     res = _distill(None, folder, tmp_path / "plain", "--image_size", "32", method="none")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 class(es) with no images in the 'train' split: 'fox' (2 in 'test'): the student never sees them" in (
@@ -466,10 +451,10 @@ def test_the_channels_cause_reports_the_share_of_each_mode():
 def test_a_class_only_in_the_test_split_is_named_in_the_class_count_refusal(tmp_path):
     """The bug hunt's case: a class folder only in 'test' made the dataset one class larger than the teacher, refused
     as a class-count mismatch naming neither the class nor the split."""
-    two = _photo_folder(tmp_path / "two", {"cat": (6, 2), "dog": (6, 2)})
+    two = photo_folder(tmp_path / "two", {"cat": (6, 2), "dog": (6, 2)}, sizes=(40, 70))
     res = _distill(None, two, tmp_path / "teacher", "--image_size", "32", method="none")
     assert res.returncode == 0, res.stderr[-3000:]
-    three = _photo_folder(tmp_path / "three", {"cat": (6, 2), "dog": (6, 2), "fox": (0, 2)})
+    three = photo_folder(tmp_path / "three", {"cat": (6, 2), "dog": (6, 2), "fox": (0, 2)}, sizes=(40, 70))
     res = _distill(str(tmp_path / "teacher"), three, tmp_path / "kd")
     assert res.returncode == 1 and "Traceback" not in res.stderr
     assert "class-count mismatch" in res.stderr and "'fox' (2 in 'test')" in res.stderr

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import photo_folder
 
 ROOT = os.path.dirname(os.path.dirname(__file__))
 README = open(os.path.join(ROOT, "README.md")).read()
@@ -111,22 +112,12 @@ def test_the_photos_walkthrough_runs_on_a_folder_of_jpegs(tmp_path):
     and aspect ratios, and a tiny ViTForImageClassification saved with save_pretrained whose id2label names the
     folders. Its weights are random, so the pre-flight would (rightly) stop the run: the test says so with
     --skip_teacher_check, and trains 2 steps."""
-    import numpy as np
     import torch
-    from PIL import Image
     from transformers import ViTConfig, ViTForImageClassification
 
     (command,) = [c for c in commands() if "my_vit_teacher" in c]
     classes = ["cat", "dog", "fox"]
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 3)):
-        for c in classes:
-            os.makedirs(tmp_path / "my_photos" / split / c)
-            for i in range(n):
-                w, h = (int(v) for v in rng.integers(80, 200, 2))
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-                    tmp_path / "my_photos" / split / c / f"{i}.jpg", quality=90
-                )
+    photo_folder(tmp_path / "my_photos", {c: (8, 3) for c in classes}, sizes=(80, 200))
     torch.manual_seed(0)
     labels = dict(enumerate(classes))
     ViTForImageClassification(
@@ -193,21 +184,10 @@ def test_the_own_data_walkthrough_runs_as_written(tmp_path):
     run ends with the card of its role, the distilled student's naming its baseline's accuracy."""
     import json
 
-    import numpy as np
-    from PIL import Image
-
     runs = [c for c in commands() if "my_photos" in c and "recipes/photos" in c]
     assert len(runs) == 3, runs
     classes = ["cat", "dog", "fox"]
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 6), ("test", 2)):
-        for c in classes:
-            os.makedirs(tmp_path / "my_photos" / split / c)
-            for i in range(n):
-                w, h = (int(v) for v in rng.integers(48, 160, 2))  # below and above 96 px, of every aspect
-                Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(
-                    tmp_path / "my_photos" / split / c / f"{i}.jpg", quality=90
-                )
+    photo_folder(tmp_path / "my_photos", {c: (6, 2) for c in classes}, sizes=(48, 160))  # below and above 96 px
     cache = tmp_path / "hf_cache"
     for architecture in ("resnet18", "mobilenetv3_small_100"):
         _timm_weights_in_cache(cache, architecture)

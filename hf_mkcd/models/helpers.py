@@ -47,6 +47,15 @@ def match_channels(pixel_values: torch.Tensor, num_channels: int) -> torch.Tenso
     raise ValueError(f"model expects {num_channels}-channel images, got {c} channels")
 
 
+def fit_channels(values, num_channels: int) -> tuple:
+    """Per-channel statistics for ``num_channels`` channels: as given when they match, else their mean on every
+    channel (an RGB model's normalisation for grayscale images, or one value for all)."""
+    values = tuple(float(v) for v in values)
+    if len(values) == num_channels:
+        return values
+    return (sum(values) / len(values),) * num_channels
+
+
 def teacher_linear_head(teacher: nn.Module) -> nn.Linear:
     """The teacher's classifier as one ``nn.Linear`` (plain, or alone in a Sequential), else raise."""
     head = teacher.get_classifier() if hasattr(teacher, "get_classifier") else None

@@ -29,6 +29,7 @@ from .helpers import (
     check_num_classes,
     create_timm_model,
     first_conv_in_channels,
+    fit_channels,
     match_channels,
     teacher_linear_head,
 )
@@ -224,8 +225,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
             teacher=teacher_name,
             image_size=image_size,
             num_channels=num_channels,
-            image_mean=list(_fit(mean, num_channels)),
-            image_std=list(_fit(std, num_channels)),
+            image_mean=list(fit_channels(mean, num_channels)),
+            image_std=list(fit_channels(std, num_channels)),
             crop_pct=crop_pct,
             id2label={int(k): v for k, v in id2label.items()},
         )
@@ -244,8 +245,8 @@ class MKCDStudentForImageClassification(MKCDStudentPreTrainedModel):
 
         cfg = self.config
         data_cfg = getattr(self.backbone, "pretrained_cfg", None) or {}
-        mean = cfg.image_mean or _fit(data_cfg.get("mean", CIFAR100_MEAN), cfg.num_channels)
-        std = cfg.image_std or _fit(data_cfg.get("std", CIFAR100_STD), cfg.num_channels)
+        mean = cfg.image_mean or fit_channels(data_cfg.get("mean", CIFAR100_MEAN), cfg.num_channels)
+        std = cfg.image_std or fit_channels(data_cfg.get("std", CIFAR100_STD), cfg.num_channels)
         common = dict(image_mean=list(mean), image_std=list(std), do_convert_rgb=cfg.num_channels == 3)
         if getattr(cfg, "crop_pct", None):
             return BitImageProcessor(
@@ -327,13 +328,6 @@ def default_student_map(projector: Optional[str], head: str) -> str:
     their own head. Families without an expansion (ResNet, WRN, VGG, ShuffleNetV1, any other timm model) read their
     pre-pool map either way (docs/methods.md)."""
     return "last_block" if head == "teacher" and projector not in (None, "srrl") else "prepool"
-
-
-def _fit(values, num_channels: int):
-    values = tuple(float(v) for v in values)
-    if len(values) == num_channels:
-        return values
-    return (sum(values) / len(values),) * num_channels
 
 
 @torch.no_grad()
