@@ -27,8 +27,10 @@ override earlier ones), ``seeds``,
 (true: one teacher-output cache per data pipeline, under ``work_dir``), ``baseline`` (the cell every other is
 compared with, default ``none``), ``report`` (``test`` or ``validation``), ``published`` (a YAML of published
 numbers shown beside ours), ``published_pair`` (for a ``cells`` suite: the key of its teacher -> student pair
-in ``published``, e.g. ``resnet56_resnet20``), ``omit_cells`` (names of a base suite's cells this suite leaves
-out, e.g. cells that equal another one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a
+in ``published``, e.g. ``resnet56_resnet20``), ``calibration_methods`` (the methods every calibration
+candidate runs: where a suite ran more, its rank agreement is also given over these, the figure that compares
+candidates), ``omit_cells`` (names of a base suite's cells this suite leaves out, e.g. cells that equal another
+one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a
 ``recipe`` pattern such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
 """
 
@@ -463,7 +465,12 @@ def agreement(suite: dict, rows: list, published: dict) -> list:
             one = rank_agreement(ours, published[pair])
             if one is not None and one["n"] == found["n"]:
                 per_seed.append(one["spearman"])
-        out.append({"pair": pair, "split": split, **found, "spearman_per_seed": per_seed})
+        entry = {"pair": pair, "split": split, **found, "spearman_per_seed": per_seed}
+        fixed = set(suite.get("calibration_methods") or [])
+        if fixed and set(found["methods"]) - fixed:  # also over the set every calibration candidate ran
+            means = {r["method"]: r[split]["mean"] for r in pair_rows if r["method"] in fixed}
+            entry["calibration_set"] = rank_agreement(means, published[pair])
+        out.append(entry)
     return out
 
 
@@ -490,6 +497,12 @@ def agreement_lines(summary: dict) -> list:
                 else ""
             )
         )
+        fixed = a.get("calibration_set")
+        if fixed:
+            lines[-1] += (
+                f" Over the {fixed['n']} methods every calibration candidate ran (the figure that compares "
+                f"candidates): ρ = {fixed['spearman']:.2f}, τ = {fixed['kendall']:.2f}."
+            )
     return lines + [""]
 
 

@@ -653,6 +653,16 @@ def test_rank_agreement_with_the_published_table_by_hand():
     )
     assert "ρ = 1.00" in lines[0] and "does not predict" not in lines[0]
     assert "not measured" in benchmark_accuracy.agreement_lines({"report": "test", "agreement": []})[0]
+    # a suite that ran more methods than the calibration set also gives rho over that set (none, kd, crd: exact)
+    (found,) = benchmark_accuracy.agreement(
+        {**suite, "calibration_methods": ["none", "kd", "crd"]}, rows, {"p": published}
+    )
+    assert found["n"] == 5 and found["calibration_set"]["methods"] == ["crd", "kd", "none"]
+    assert found["calibration_set"]["spearman"] == pytest.approx(1.0)
+    assert (
+        "Over the 3 methods every calibration candidate ran"
+        in benchmark_accuracy.agreement_lines({"report": "test", "agreement": [found]})[0]
+    )
 
 
 def test_normalisation_statistics_from_the_command_line_and_a_recipe(tmp_path):
