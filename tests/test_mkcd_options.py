@@ -40,6 +40,33 @@ def test_energy_norm_by_hand_and_free_of_the_teachers_scale():
     )
 
 
+def test_head_norm_by_hand_reads_only_what_the_reused_head_reads(data):
+    """feat_norm 'head': the relative error through the teacher classifier's W at every position. An error along a
+    direction W ignores (its null space) costs nothing, where the plain relative MSE charges it."""
+    from hf_mkcd.distillers import Pair
+    from hf_mkcd.features import probe_shapes
+
+    torch.manual_seed(0)
+    teacher = timm.create_model("cifar_wrn_16_2", in_chans=1, num_classes=10).eval()
+    student = tiny_student(teacher, "mkcd", data)
+    s, t = probe_shapes(student, teacher, {"logits", "projected"}, {"logits", "features"})
+    mkcd = get_distiller_class("mkcd")(
+        Pair(student, teacher, s, t), feat_weight=2.0, kd_weight=0, ce_weight=0, feat_norm="head", mid_weight=0
+    )
+    w = teacher.get_classifier().weight.detach().double().numpy()  # 10 x 128
+    assert "head_weight" not in mkcd.state_dict()  # the teacher's head is the student's already: not saved twice
+    rng = np.random.default_rng(0)
+    f_t, f_s = rng.normal(size=(2, 128, 3, 3)), rng.normal(size=(2, 128, 3, 3))
+    wd, wt = np.einsum("bchw,kc->bkhw", f_s - f_t, w), np.einsum("bchw,kc->bkhw", f_t, w)
+    got = _terms(mkcd, torch.tensor(f_s), torch.tensor(f_t))["loss_feat"].item()
+    assert got == pytest.approx(2.0 * np.mean(wd**2) / np.mean(wt**2), rel=1e-5)
+    null = np.linalg.svd(w)[2][-1]  # a channel direction W maps to zero (128 channels, rank 10)
+    off_head = f_t + 5.0 * null[None, :, None, None]
+    assert _terms(mkcd, torch.tensor(off_head), torch.tensor(f_t))["loss_feat"].item() == pytest.approx(0, abs=1e-8)
+    energy = get_distiller_class("mkcd")(feat_weight=2.0, kd_weight=0, ce_weight=0, feat_norm="energy", mid_weight=0)
+    assert _terms(energy, torch.tensor(off_head), torch.tensor(f_t))["loss_feat"].item() > 0.1
+
+
 def test_unknown_feat_norm_is_refused_by_name():
     with pytest.raises(ValueError, match="feat_norm 'l2'; choose one of"):
         get_distiller_class("mkcd")(feat_norm="l2", mid_weight=0)

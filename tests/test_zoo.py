@@ -196,6 +196,19 @@ def test_ctkd_lambda_ramp_and_reversed_gradient():
     assert reversed_grad.item() == pytest.approx(-theta.grad.item(), rel=1e-5)
 
 
+def test_ctkd_decay_epochs_scale_with_a_shorter_run():
+    """A 12-epoch run scales CTKD's 10-of-240 ramp as every other epoch count: with decay_epochs 0.5 the gradient
+    is fully reversed from the first epoch; the default keeps the reference's 10."""
+    from hf_mkcd.distillers import build_temperature, get_distiller_class
+    from hf_mkcd.distillers.temperature import ctkd_lambda
+
+    ctkd = get_distiller_class("ctkd")
+    assert ctkd(temperature=build_temperature("ctkd")).temperature.decay_epochs == 10.0
+    scaled = ctkd(temperature=build_temperature("ctkd"), decay_epochs=0.5).temperature
+    assert scaled.decay_epochs == 0.5 and ctkd_lambda(1, scaled.decay_epochs) == -1.0
+    assert ctkd_lambda(1, 10.0) > -0.05  # the reference barely reverses in its first epoch
+
+
 def test_ctkd_temperature_is_trained_logged_and_checkpointed(data, tmp_path):
     teacher = tiny_teacher()
     trainer = DistillationTrainer(

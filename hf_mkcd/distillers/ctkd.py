@@ -8,6 +8,7 @@ to any other method that uses one (kd, dkd, mkcd, dist, srrl, crd/ab with a KD t
 
 from .base import register_distiller
 from .kd import KD
+from .temperature import CTKDTemperature
 
 
 @register_distiller("ctkd")
@@ -27,3 +28,11 @@ class CTKD(KD):
         '}'
     )
     temperature_schedule = "ctkd"
+    # decay_epochs: the epochs over which the gradient reversal's lambda ramps 0 -> -1 (CTKD: 10 of 240); a shorter
+    # run scales it as it scales every other epoch count (``distiller_kwargs: {decay_epochs: 0.5}`` for 12 epochs)
+    defaults = {**KD.defaults, "decay_epochs": 10.0}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if isinstance(self.temperature, CTKDTemperature):
+            self.temperature.decay_epochs = self.hparams["decay_epochs"]

@@ -36,6 +36,16 @@ def relative_feature_mse(student_feature: torch.Tensor, teacher_feature: torch.T
     return F.mse_loss(student_feature.float(), teacher_feature) / teacher_feature.pow(2).mean().clamp_min(1e-12)
 
 
+def head_feature_mse(student_feature: torch.Tensor, teacher_feature: torch.Tensor, head_weight: torch.Tensor):
+    """The relative error measured through a linear head ``W`` (classes x channels) at every position:
+    ``mean((W (a - b))^2) / mean((W b)^2)``. Only the directions the head reads count, weighed as it weighs them
+    (pooling and ``W`` commute, so this is the relative error of per-position logits)."""
+    w = head_weight.float()
+    diff = torch.einsum("bc...,kc->bk...", student_feature.float() - teacher_feature.float(), w)
+    target = torch.einsum("bc...,kc->bk...", teacher_feature.float(), w)
+    return diff.pow(2).mean() / target.pow(2).mean().clamp_min(1e-12)
+
+
 def warmup_factor(epoch: int, warmup_epochs: float) -> float:
     """mdistiller's ``min(epoch / warmup, 1)`` with the whole, 1-based epoch in progress (DKD, ReviewKD)."""
     return min(epoch / warmup_epochs, 1.0) if warmup_epochs > 0 else 1.0

@@ -7,9 +7,10 @@ classifier frozen; two kinds of feature knowledge and the logit knowledge are le
     L = w_feat * E(P(F_s), F_t) + w_mid * E(P_mid(M_s), M_t) + w_kd * T^2 * KL(p_t^T || p_s^T) + w_ce * CE(z_s, y)
 
 with E(a, b) = MSE(a, b) / mean(b^2) (``feat_norm="energy"``: a relative error, free of the teacher's feature
-scale; ``"none"``: the plain MSE) and M the maps of the stage before the last, through a second, training-only
-encoder-decoder P_mid (``mid_weight``; 0 turns it off, and with it the teacher's stage maps). Each projector's
-output activation follows its own target: a ReLU only onto a map that cannot be negative
+scale; ``"head"``: the same relative error through the reused head's weight W at every position, so only what
+the head reads counts, weighed as it weighs it, on the last map only; ``"none"``: the plain MSE) and M the maps
+of the stage before the last, through a second, training-only encoder-decoder P_mid (``mid_weight``; 0 turns it
+off, and with it the teacher's stage maps). Each projector's output activation follows its own target: a ReLU only onto a map that cannot be negative
 (:func:`~hf_mkcd.models.projectors.output_activation`).
 
 Defaults, each chosen by the ablations in docs/mkcd.md (validation split only): P residual (an identity shortcut
@@ -20,11 +21,12 @@ them; weight 20 on the relative error is round one's weight 10 on the first pair
 """
 
 from ..features import probe_shapes, probe_stage
+from ..models.helpers import teacher_linear_head
 from ..models.projectors import EncoderDecoderProjector, output_activation
 from .base import Distiller, register_distiller
-from .losses import feature_mse, kd_loss, relative_feature_mse
+from .losses import feature_mse, head_feature_mse, kd_loss, relative_feature_mse
 
-FEATURE_NORMS = ("none", "energy")
+FEATURE_NORMS = ("none", "energy", "head")
 
 
 @register_distiller("mkcd")
@@ -58,6 +60,17 @@ class MKCD(Distiller):
         super().__init__(pair, temperature, **hparams)
         if self.hparams["feat_norm"] not in FEATURE_NORMS:
             raise ValueError(f"mkcd: feat_norm {self.hparams['feat_norm']!r}; choose one of {FEATURE_NORMS}")
+        if self.hparams["feat_norm"] == "head":  # the head the student reuses; a copy, not saved with the distiller
+            if pair is None:
+                raise ValueError("mkcd: feat_norm 'head' reads the teacher's classifier: pass pair=Pair(...)")
+            weight = teacher_linear_head(pair.teacher).weight.detach().clone()
+            channels = (pair.teacher_shapes.get("features") or (None,))[0]
+            if channels is not None and weight.shape[1] != channels:
+                raise ValueError(
+                    f"mkcd: feat_norm 'head' applies the teacher's classifier ({weight.shape[1]} inputs) to its last "
+                    f"map ({channels} channels): they differ for this teacher; use feat_norm 'energy'"
+                )
+            self.register_buffer("head_weight", weight, False)
         # the second knowledge term: the stage before the last, through its own (training-only) projector
         self.mid_projector = None
         if self.hparams["mid_weight"]:
@@ -73,13 +86,18 @@ class MKCD(Distiller):
             self.student_needs = self.student_needs | {"stages"}
             self.teacher_needs = self.teacher_needs | {"stages"}
 
-    def feature_loss(self, student_map, teacher_map):
-        loss = relative_feature_mse if self.hparams["feat_norm"] == "energy" else feature_mse
+    def feature_loss(self, student_map, teacher_map, through_head: bool = False):
+        if through_head:
+            return head_feature_mse(student_map, teacher_map, self.head_weight)
+        loss = feature_mse if self.hparams["feat_norm"] == "none" else relative_feature_mse
         return loss(student_map, teacher_map)
 
     def forward(self, student, teacher, batch, step):
         h = self.hparams
-        terms = {"loss_feat": h["feat_weight"] * self.feature_loss(student["projected"], teacher["features_aligned"])}
+        head = h["feat_norm"] == "head"  # the last map only: the head reads it; the mid-level map stays relative MSE
+        terms = {
+            "loss_feat": h["feat_weight"] * self.feature_loss(student["projected"], teacher["features_aligned"], head)
+        }
         if self.mid_projector is not None:
             mid_t = self.mid_projector.align_teacher(teacher["stages"][-2])
             terms["loss_mid"] = h["mid_weight"] * self.feature_loss(self.mid_projector(student["stages"][-2]), mid_t)
