@@ -10,8 +10,8 @@ with E(a, b) = MSE(a, b) / mean(b^2) (``feat_norm="energy"``: a relative error, 
 scale; ``"head"``: the same relative error through the reused head's weight W at every position, so only what
 the head reads counts, weighed as it weighs it, on the last map only; ``"none"``: the plain MSE) and M the maps
 of the stage before the last, through a second, training-only encoder-decoder P_mid (``mid_weight``; 0 turns it
-off, and with it the teacher's stage maps). Each projector's output activation follows its own target: a ReLU only onto a map that cannot be negative
-(:func:`~hf_mkcd.models.projectors.output_activation`).
+off, and with it the teacher's stage maps). Each projector's output activation follows its own target: a ReLU
+only onto a map that cannot be negative (:func:`~hf_mkcd.models.projectors.output_activation`).
 
 Defaults, each chosen by the ablations in docs/mkcd.md (validation split only): P residual (an identity shortcut
 plus a zero-initialised encoder-decoder correction, f = 4, r = 2); T rising linearly from ``temperature_min`` = 1
