@@ -454,22 +454,27 @@ def agreement(suite: dict, rows: list, published: dict) -> list:
         pair = r.get("pair") or suite.get("published_pair")
         if pair and published.get(pair) and r.get(split) and r["cell"] in (r["method"], f"{pair}/{r['method']}"):
             pairs.setdefault(pair, []).append(r)
-    out = []
-    for pair, pair_rows in pairs.items():
+    def measured(pair, pair_rows):
         found = rank_agreement({r["method"]: r[split]["mean"] for r in pair_rows}, published[pair])
         if found is None:
-            continue
+            return None
         per_seed = []
         for seed in suite["seeds"]:
             ours = {r["method"]: v for r in pair_rows for s, v in zip(r["seeds"], r[split]["per_seed"]) if s == seed}
             one = rank_agreement(ours, published[pair])
             if one is not None and one["n"] == found["n"]:
                 per_seed.append(one["spearman"])
-        entry = {"pair": pair, "split": split, **found, "spearman_per_seed": per_seed}
-        fixed = set(suite.get("calibration_methods") or [])
+        return {**found, "spearman_per_seed": per_seed}
+
+    out = []
+    fixed = set(suite.get("calibration_methods") or [])
+    for pair, pair_rows in pairs.items():
+        found = measured(pair, pair_rows)
+        if found is None:
+            continue
+        entry = {"pair": pair, "split": split, **found}
         if fixed and set(found["methods"]) - fixed:  # also over the set every calibration candidate ran
-            means = {r["method"]: r[split]["mean"] for r in pair_rows if r["method"] in fixed}
-            entry["calibration_set"] = rank_agreement(means, published[pair])
+            entry["calibration_set"] = measured(pair, [r for r in pair_rows if r["method"] in fixed])
         out.append(entry)
     return out
 

@@ -193,17 +193,20 @@ def calibration() -> str:
             lines.append(f"| `{suite}` | not run yet | | | | | | | | |")
             continue
         s = _load(path)
-        rows = [r for r in s["rows"] if r.get("test")]
+        # candidates compare over the methods every one of them ran, whatever else a suite runs beside them
+        fixed = set(_load_suite(s["suite"]).get("calibration_methods") or [])
+        rows = [r for r in s["rows"] if r.get("test") and r["cell"] == r["method"] and r["method"] in fixed]
         teacher = (s.get("teacher") or {}).get("metrics", {}).get("test_top1")
         vanilla = next((r["test"]["mean"] for r in rows if r["cell"] == "none"), None)
         means = [r["test"]["mean"] for r in rows]
         agree = (s.get("agreement") or [{}])[0]
+        agree = agree.get("calibration_set") or agree
         lines.append(
             f"| `{suite}` | {s['description'].split(': ', 1)[-1]} | "
             + (f"{100 * teacher:.2f}" if teacher is not None else "–")
             + " | "
             + (f"{vanilla:.2f}" if vanilla is not None else "–")
-            + f" | {max(means) - min(means):.2f} | {len(rows)} of {len(expand_cells_of(s))} | {len(s['seeds'])} | "
+            + f" | {max(means) - min(means):.2f} | {len(rows)} of {len(fixed)} | {len(s['seeds'])} | "
             + (
                 f"{agree['spearman']:.2f}"
                 + (
@@ -220,13 +223,11 @@ def calibration() -> str:
     return "\n".join(lines) + "\n"
 
 
-def expand_cells_of(summary: dict) -> list:
+def _load_suite(name: str) -> dict:
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import benchmark_accuracy
 
-    return benchmark_accuracy.expand_cells(
-        benchmark_accuracy.load_suite(os.path.join(ROOT, "suites", f"{summary['suite']}.yaml"))
-    )
+    return benchmark_accuracy.load_suite(os.path.join(ROOT, "suites", f"{name}.yaml"))
 
 
 def jpeg_pipeline() -> str:
