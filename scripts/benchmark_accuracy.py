@@ -454,17 +454,23 @@ def agreement(suite: dict, rows: list, published: dict) -> list:
         pair = r.get("pair") or suite.get("published_pair")
         if pair and published.get(pair) and r.get(split) and r["cell"] in (r["method"], f"{pair}/{r['method']}"):
             pairs.setdefault(pair, []).append(r)
+
     def measured(pair, pair_rows):
         found = rank_agreement({r["method"]: r[split]["mean"] for r in pair_rows}, published[pair])
         if found is None:
             return None
-        per_seed = []
+        per_seed, rankings = [], []
         for seed in suite["seeds"]:
             ours = {r["method"]: v for r in pair_rows for s, v in zip(r["seeds"], r[split]["per_seed"]) if s == seed}
             one = rank_agreement(ours, published[pair])
             if one is not None and one["n"] == found["n"]:
                 per_seed.append(one["spearman"])
-        return {**found, "spearman_per_seed": per_seed}
+                rankings.append(ours)
+        # the regime against itself: how alike two seeds rank the methods. A rho against the published table well
+        # below this one is the regime's own ranking, not seed noise.
+        between = [rank_agreement(a, b)["spearman"] for i, a in enumerate(rankings) for b in rankings[i + 1 :]]
+        seed_to_seed = sum(between) / len(between) if between else None
+        return {**found, "spearman_per_seed": per_seed, "seed_to_seed": seed_to_seed}
 
     out = []
     fixed = set(suite.get("calibration_methods") or [])
@@ -492,6 +498,8 @@ def agreement_lines(summary: dict) -> list:
     for a in found:
         seeds = a.get("spearman_per_seed") or []
         spread = f"; per seed {', '.join(f'{v:.2f}' for v in seeds)}" if len(seeds) > 1 else ""
+        if a.get("seed_to_seed") is not None:
+            spread += f"; seed against seed ρ = {a['seed_to_seed']:.2f} (how reproducible the regime's own ranking is)"
         lines.append(
             f"Rank agreement with the published CIFAR-100 table of `{a['pair']}` ({a['split']} means, {a['n']} "
             f"methods): Spearman ρ = {a['spearman']:.2f}, Kendall τ = {a['kendall']:.2f}{spread}."

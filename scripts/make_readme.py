@@ -184,13 +184,13 @@ def calibration() -> str:
     agreement with the published CIFAR-100 table of the same pair."""
     lines = [
         "| candidate | regime | teacher (test) | vanilla (test) | methods' spread (test) | methods run | seeds | "
-        "Spearman ρ (per seed) | Kendall τ | min / cell |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Spearman ρ (per seed) | Kendall τ | seed against seed ρ | min / cell |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for suite in CALIBRATION:
         path = f"results/accuracy/{suite}/summary.json"
         if not os.path.isfile(os.path.join(ROOT, path)):
-            lines.append(f"| `{suite}` | not run yet | | | | | | | | |")
+            lines.append(f"| `{suite}` | not run yet | | | | | | | | | |")
             continue
         s = _load(path)
         # candidates compare over the methods every one of them ran, whatever else a suite runs beside them
@@ -214,9 +214,10 @@ def calibration() -> str:
                     if len(agree.get("spearman_per_seed") or []) > 1
                     else ""
                 )
-                + f" | {agree['kendall']:.2f}"
+                + f" | {agree['kendall']:.2f} | "
+                + (f"{agree['seed_to_seed']:.2f}" if agree.get("seed_to_seed") is not None else "–")
                 if agree
-                else "– | –"
+                else "– | – | –"
             )
             + f" | {sum(r['minutes'] for r in rows) / len(rows):.1f} |"
         )

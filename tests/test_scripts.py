@@ -644,6 +644,7 @@ def test_rank_agreement_with_the_published_table_by_hand():
     # means: none 1, kd 3, fitnet 3.5, dkd 3.5, crd 4 -> ranks 1, 2, 3.5, 3.5, 5 against 1, 3, 2, 5, 4
     assert found["pair"] == "p" and found["n"] == 5
     assert found["spearman_per_seed"] == pytest.approx([0.1, 1.0])  # seed 0 the flipped order, seed 1 the exact one
+    assert found["seed_to_seed"] == pytest.approx(0.1)  # the two seeds' rankings against each other: the same d^2 18
     lines = benchmark_accuracy.agreement_lines(
         {"report": "test", "agreement": [{**flipped, "pair": "p", "split": "test"}]}
     )
