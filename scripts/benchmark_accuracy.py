@@ -30,7 +30,8 @@ numbers shown beside ours), ``published_pair`` (for a ``cells`` suite: the key o
 in ``published``, e.g. ``resnet56_resnet20``), ``calibration_methods`` (the methods every calibration
 candidate runs: where a suite ran more, its rank agreement is also given over these, the figure that compares
 candidates), ``omit_cells`` (names of a base suite's cells this suite leaves out, e.g. cells that equal another
-one on its pair), and ``cells`` — or ``matrix`` (``pairs`` x ``methods`` over a
+one on its pair), and ``cells`` (``more_cells``: cells after those, so a suite can keep its base's ``cells`` and
+add its own) — or ``matrix`` (``pairs`` x ``methods`` over a
 ``recipe`` pattern such as ``recipes/cifar100/{pair}_{method}.yaml``, each recipe bringing its own teacher).
 """
 
@@ -94,7 +95,7 @@ def expand_cells(suite: dict) -> list:
                     }
                 )
     omitted = set(suite.get("omit_cells") or [])
-    for cell in suite.get("cells") or []:
+    for cell in (suite.get("cells") or []) + (suite.get("more_cells") or []):
         cell = dict(cell)
         if cell.get("name", cell["method"]) in omitted:
             continue

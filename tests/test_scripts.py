@@ -407,6 +407,28 @@ def test_round_two_suites_share_their_cells_and_keep_each_pairs_teacher():
         assert (s["name"], s["report"], s["baseline"]) == (f"mkcd_round2_{n}", "validation", "round1")
 
 
+def test_calibrated_suites_run_the_ten_calibration_methods_first_with_each_pairs_settings():
+    """(c) keeps its base's ten calibration cells (more_cells adds after them); the wrn suite, built on (c), gives
+    the ten its own pair's settings and its own more_cells, none of the first pair's."""
+    import benchmark_accuracy
+
+    def load(name):
+        suite = benchmark_accuracy.load_suite(os.path.join(ROOT, "suites", f"{name}.yaml"))
+        return suite, benchmark_accuracy.expand_cells(suite)
+
+    base, base_cells = load("calib_pairs100")
+    first, first_cells = load("calib_pairs100_32")
+    wrn, wrn_cells = load("calib_pairs100_32_wrn")
+    ten = base["calibration_methods"]
+    assert [c["method"] for c in base_cells] == ten and first_cells[:10] == base_cells
+    assert [c["method"] for c in wrn_cells[:10]] == ten
+    assert {c["method"] for c in first_cells[10:]} == {c["method"] for c in wrn_cells[10:]}  # the same methods
+    assert len(first_cells) == len(wrn_cells) + 4  # (c)'s four MKCD variants are its own
+    by_name = {c["name"]: c["args"] for c in wrn_cells}
+    assert by_name["reviewkd"]["feat_weight"] == 5.0 and by_name["dkd"]["distiller_kwargs"]["beta"] == 6.0
+    assert wrn["student"]["model_name_or_path"] == "cifar_wrn_40_1" and wrn["data"]["image_size"] == 32
+
+
 def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path, monkeypatch):
     """scripts/benchmark_speed.py end to end on tiny models (no kd among the methods: the reference-loop line
     must not need it); the written ratios are the measured times over the floor measured in the same rounds."""
