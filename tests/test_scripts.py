@@ -427,6 +427,14 @@ def test_calibrated_suites_run_the_ten_calibration_methods_first_with_each_pairs
     by_name = {c["name"]: c["args"] for c in wrn_cells}
     assert by_name["reviewkd"]["feat_weight"] == 5.0 and by_name["dkd"]["distiller_kwargs"]["beta"] == 6.0
     assert wrn["student"]["model_name_or_path"] == "cifar_wrn_40_1" and wrn["data"]["image_size"] == 32
+    cross, cross_cells = load("calib_pairs100_32_cross")
+    assert [c["method"] for c in cross_cells[:10]] == ten
+    assert [c["name"] for c in cross_cells[10:]] == [c["name"] for c in wrn_cells[10:]]
+    by_name = {c["name"]: c["args"] for c in cross_cells}
+    assert by_name["reviewkd"]["feat_weight"] == 1.0 and by_name["dkd"]["distiller_kwargs"]["beta"] == 6.0
+    assert cross["training"]["learning_rate"] == 0.01 and "learning_rate" not in by_name["mlkd"]  # the light student's
+    assert by_name["mlkd"]["num_train_epochs"] == 24  # MLKD's recipe: 480 epochs for this pair, scaled as 240 -> 12
+    assert cross["teacher"]["model_name_or_path"] == "cifar_vgg13" and cross["data"]["max_train_samples"] == 5000
 
 
 def test_speed_benchmark_writes_consistent_ratios_for_any_method_subset(tmp_path, monkeypatch):
