@@ -388,6 +388,37 @@ def test_best_other_and_across_pairs_by_hand():
     assert "| `t2` -> `s2` | 74.33 ± 0.00 | -1.00 vs `fitnet` (0/1 seeds) |" in text
 
 
+def test_across_calibrated_pairs_gives_the_mean_rho_of_the_pairs_run_and_names_the_rest(tmp_path, monkeypatch):
+    """The README's summary of the best regime over its pairs: the mean of each pair's rho as the runner wrote it,
+    over the pairs that have a summary; the others named as not run (not silently dropped from the mean)."""
+    import make_readme
+
+    def summary(teacher, rho, test):
+        rows = [
+            {"cell": c, "seeds": [0], "test": {"mean": t, "std": 0.0, "per_seed": [t]}, "minutes": 1.0}
+            for c, t in zip(("none", "kd", "mkcd"), test)
+        ]
+        return {
+            "teacher": {"model": teacher},
+            "student": "s",
+            "rows": rows,
+            "command": f"run {teacher}",
+            "agreement": [{"spearman": rho, "n": 3}],
+        }
+
+    for suite, s in [
+        ("calib_pairs100_32", summary("t1", 0.3, [70, 72, 74])),
+        ("calib_pairs100_32_wrn", summary("t2", 0.5, [70, 75, 73])),
+    ]:
+        os.makedirs(tmp_path / "results" / "accuracy" / suite)
+        (tmp_path / "results" / "accuracy" / suite / "summary.json").write_text(json.dumps(s))
+    monkeypatch.setattr(make_readme, "ROOT", str(tmp_path))
+    text = make_readme.across_calibrated_pairs()
+    assert "Mean Spearman ρ over the 2 pair(s) measured: **0.40**" in text
+    assert "not run yet: `calib_pairs100_32_cross`" in text
+    assert "| `mkcd` | 1 | 2 | 1.5 | 1 |" in text  # first on pair one, second on pair two
+
+
 def test_round_two_suites_share_their_cells_and_keep_each_pairs_teacher():
     import benchmark_accuracy
 
