@@ -186,9 +186,9 @@ def across_calibrated_pairs() -> str:
     sys.path.insert(0, os.path.join(ROOT, "scripts"))
     import benchmark_accuracy
 
-    paths = [f"results/accuracy/{suite}/summary.json" for suite in CALIBRATED_PAIRS]
-    summaries = [_load(p) for p in paths if os.path.isfile(os.path.join(ROOT, p))]
-    missing = [s for s, p in zip(CALIBRATED_PAIRS, paths) if not os.path.isfile(os.path.join(ROOT, p))]
+    ran = {s: os.path.isfile(os.path.join(ROOT, f"results/accuracy/{s}/summary.json")) for s in CALIBRATED_PAIRS}
+    summaries = [_load(f"results/accuracy/{s}/summary.json") for s in CALIBRATED_PAIRS if ran[s]]
+    missing = [s for s in CALIBRATED_PAIRS if not ran[s]]
     rhos = [s["agreement"][0]["spearman"] for s in summaries if s.get("agreement")]
     commands = ", ".join(f"`{s['command']}`" for s in summaries)
     return (
